@@ -1,0 +1,1 @@
+"""Metrics and the evaluation/comparison pipeline (depends on vipo, never the reverse)."""

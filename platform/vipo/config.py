@@ -1,0 +1,157 @@
+"""Typed, validated job configs: YAML + dotted ``key=value`` overrides → pydantic models.
+
+Every job config derives from :class:`JobConfig` (``output_dir``, ``seed``, tracking). A bad key or value raises
+:class:`ConfigError` with one line naming the file, the dotted key and the problem — before any model is built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Iterable, TypeVar
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ExistingPath",
+    "JobConfig",
+    "RayConfig",
+    "TrackingConfig",
+    "apply_overrides",
+    "config_hash",
+    "dump_config",
+    "load_config",
+    "validate_config",
+]
+
+
+class ConfigError(ValueError):
+    """A config problem, always one line: ``<file>: <dotted.key>: <problem>``."""
+
+
+class Config(BaseModel):
+    """Base of every config node: unknown keys are errors, values are re-validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+def _must_exist(path: Path) -> Path:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise ValueError(f"path does not exist: {path}")
+    return path.resolve()
+
+
+ExistingPath = Annotated[Path, AfterValidator(_must_exist)]
+"""A path that must exist when the config is loaded (resolved to absolute)."""
+
+
+def _resolve(path: Path) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+class RayConfig(Config):
+    """Where Ray runs. ``address=None`` starts a local Ray with the machine's CPUs (or ``RAY_ADDRESS``)."""
+
+    address: str | None = None
+    num_cpus: int | None = Field(default=None, ge=1)
+    num_gpus: float | None = Field(default=None, ge=0)
+
+
+class TrackingConfig(Config):
+    """MLflow tracking. ``tracking_uri=None`` means ``MLFLOW_TRACKING_URI`` or sqlite under ``output_dir``."""
+
+    tracking_uri: str | None = None
+    experiment: str = "vipo"
+    run_name: str | None = None
+    enabled: bool = True
+
+
+class JobConfig(Config):
+    """Fields every job has. A relative ``output_dir`` resolves against the working directory."""
+
+    output_dir: Annotated[Path, AfterValidator(_resolve)]
+    seed: int = Field(default=0, ge=0)
+    ray: RayConfig = RayConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+def _parse_value(text: str) -> Any:
+    # YAML scalars give ints, floats, bools, null and inline lists/dicts the way users expect on a command line.
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
+    """Apply ``a.b.c=value`` overrides to a nested dict (in place) and return it."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value (dotted keys for nested values)")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {key}: {part!r} is not a mapping")
+            node = child
+        node[parts[-1]] = _parse_value(text)
+    return data
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    extra = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{source}: {key}: {msg}{extra}"
+
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def validate_config(cls: type[T], data: dict, source: str = "<config>") -> T:
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_error(source, err)) from None
+
+
+def load_config(cls: type[T], path: str | Path | None, overrides: Iterable[str] = ()) -> T:
+    """Load a YAML file (or nothing) plus overrides into ``cls``; raise :class:`ConfigError` on any problem."""
+    data: dict = {}
+    source = "<overrides>"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{source}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{source}:{where} invalid YAML") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: top level must be a mapping")
+    apply_overrides(data, overrides)
+    return validate_config(cls, data, source)
+
+
+def dump_config(config: BaseModel) -> dict:
+    """The resolved config as plain JSON-able data (paths as strings)."""
+    return config.model_dump(mode="json")
+
+
+def config_hash(config: BaseModel) -> str:
+    """A stable short hash of the resolved config (sorted-key JSON, sha256, 16 hex digits)."""
+    text = json.dumps(dump_config(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,1 @@
+"""vipo.train.recipes"""

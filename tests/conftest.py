@@ -1,0 +1,29 @@
+"""Shared fixtures. Ray starts once per test session (start-up costs seconds; see specs/ray.md §7)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The whole suite shares two cores; one intra-op thread per process keeps Ray workers from oversubscribing them.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray with 4 logical CPUs and 2 *logical* GPUs (for the GPU-actor scheduling path; no CUDA)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=4,
+            num_gpus=2,
+            object_store_memory=300 * 1024**2,
+            include_dashboard=False,
+            runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}},
+        )
+    yield ray
+    ray.shutdown()
