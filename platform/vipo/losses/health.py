@@ -1,0 +1,110 @@
+"""DPO health checks that would otherwise surface days later (dpo.md §3 and §6, issue 8 "Health checks").
+
+The trainer calls :meth:`DPOHealthMonitor.check` every step with the loss stats; it raises at step 0 when the
+policy and reference disagree, and returns warnings (to log and to set as MLflow tags) when the DPO gradient weight
+collapses at once or the DPO term sits at exactly ln 2 because nothing is being trained.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, NamedTuple
+
+import torch
+
+__all__ = ["DPOHealthError", "DPOHealthMonitor", "HealthWarning"]
+
+
+class DPOHealthError(RuntimeError):
+    """A setup bug that makes the DPO objective meaningless; training must not go on."""
+
+
+class HealthWarning(NamedTuple):
+    """One flagged condition. ``code`` is stable (``dgr_collapse`` | ``stuck_at_ln2``), fit for a tag key."""
+
+    code: str
+    step: int
+    message: str
+
+
+class DPOHealthMonitor:
+    """Watches the per-pair DPO ``logit`` (β′ŵs, or ½βs for the log-ratio variant) of consecutive steps.
+
+    Args:
+        dpo_active: False for the SFT-only control (α ≡ 0): its margin is zero by construction, so nothing is
+            checked (pass the loss config's ``has_dpo_term``).
+        identical_start: the policy starts equal to the reference (LoRA with B = 0, or full fine-tuning from the
+            reference checkpoint). False when a different reference checkpoint is loaded on purpose.
+        start_tol: largest |logit| allowed at step 0 when ``identical_start``; the DPO loss is then within
+            ln 2 ± 5e-4 (softplus(x) ≈ ln 2 + x/2), while bit-identical passes give exactly 0.
+        collapse_steps: the early window in which a collapsed DGR is flagged.
+        collapse_ratio: DGR counts as collapsed when its batch mean falls below this fraction of its step-0 value
+            (DGR/DGR₀ = 2σ(logit)); 1e-2 is β′s ≈ −5.3.
+        stuck_steps: consecutive steps with |logit| ≤ ``stuck_tol`` for every pair before flagging.
+        stuck_tol: |logit| this small means the DPO loss equals ln 2 to ~1e-7: policy and reference coincide.
+    """
+
+    def __init__(
+        self,
+        *,
+        dpo_active: bool = True,
+        identical_start: bool = True,
+        start_tol: float = 1e-3,
+        collapse_steps: int = 10,
+        collapse_ratio: float = 1e-2,
+        stuck_steps: int = 50,
+        stuck_tol: float = 1e-6,
+    ) -> None:
+        self.dpo_active = dpo_active
+        self.identical_start = identical_start
+        self.start_tol = start_tol
+        self.collapse_steps = collapse_steps
+        self.collapse_ratio = collapse_ratio
+        self.stuck_steps = stuck_steps
+        self.stuck_tol = stuck_tol
+        self.warnings: list[HealthWarning] = []
+        self._stuck_run = 0
+
+    def _flagged(self, code: str) -> bool:
+        return any(warning.code == code for warning in self.warnings)
+
+    def check(self, step: int, stats: Mapping[str, torch.Tensor]) -> list[HealthWarning]:
+        """Check one step's loss stats (needs ``logit``; reads ``s`` and ``dgr`` for messages).
+
+        Returns the warnings raised at this step (each condition at most once per run); all of them accumulate in
+        :attr:`warnings`. Raises :class:`DPOHealthError` at step 0 if the policy and reference disagree.
+        """
+        if not self.dpo_active:
+            return []
+        logit = stats["logit"].detach().float()
+        largest = logit.abs().max().item()
+        if step == 0 and self.identical_start and largest > self.start_tol:
+            margin = stats["s"].detach().float()
+            raise DPOHealthError(
+                f"step 0: the policy and the reference disagree (max |logit| = {largest:.3g} > {self.start_tol:g}, "
+                f"s in [{margin.min().item():.3g}, {margin.max().item():.3g}]); at step 0 the policy must equal the "
+                "reference exactly, so s = 0. Check that ε and t are shared by winner and loser and by policy and "
+                "reference, that dropout is off in both passes, that policy and reference run in the same dtype "
+                "(autocast on both or neither), and that both get the same conditioning. If the reference is a "
+                "different checkpoint on purpose, build the monitor with identical_start=False."
+            )
+        new: list[HealthWarning] = []
+        if step < self.collapse_steps and not self._flagged("dgr_collapse"):
+            ratio = (2 * torch.sigmoid(logit)).mean().item()
+            if ratio < self.collapse_ratio:
+                dgr = stats["dgr"].detach().float().mean().item()
+                new.append(HealthWarning("dgr_collapse", step, (
+                    f"step {step}: DGR collapsed to {dgr:.3g} ({ratio:.2%} of its step-0 value) within the first "
+                    f"{self.collapse_steps} steps (mean logit {logit.mean().item():.3g}): the DPO term saturated at "
+                    "once and stops teaching. β′ is most likely too large (diffusers convention, start at ~500; "
+                    "never multiplied by T = 1000); the learning rate was not the cause in past runs."
+                )))
+        self._stuck_run = self._stuck_run + 1 if largest <= self.stuck_tol else 0
+        if self._stuck_run >= self.stuck_steps and not self._flagged("stuck_at_ln2"):
+            new.append(HealthWarning("stuck_at_ln2", step, (
+                f"step {step}: the DPO loss has been exactly ln 2 (|logit| <= {self.stuck_tol:g}) for "
+                f"{self._stuck_run} steps: the policy still equals the reference. The trained parameters are not "
+                "updating (not in the optimizer, zero learning rate, frozen) or the reference pass runs the policy "
+                "(adapter not disabled for the reference, or enabled for neither)."
+            )))
+        self.warnings.extend(new)
+        return new
