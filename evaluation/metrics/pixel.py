@@ -1,0 +1,123 @@
+"""Masked PSNR and SSIM, batched over clips and frames (pure torch: runs on the GPU when the inputs are there).
+
+Both score each frame over its mask and average over the frames whose mask is not empty (per frame → per video;
+the dataset mean over videos is the caller's). ``mask=None`` or ``region="frame"`` gives the whole-frame numbers
+that published video-inpainting tables report.
+"""
+
+from __future__ import annotations
+
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from evaluation.metrics.inputs import VideoLike, mean_over_scored_frames, to_mask_tensor, to_video_tensor
+from evaluation.metrics.region_masks import Region, select_region
+
+__all__ = ["DEFAULT_BOUNDARY_PX", "SSIM_SIGMA", "SSIM_WINDOW", "masked_psnr", "masked_ssim", "prepare_inputs"]
+
+DEFAULT_BOUNDARY_PX = 7  # dilation kernel side as in vipo.regions.decompose: a 3 px band
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+_SSIM_K1, _SSIM_K2 = 0.01, 0.03
+
+
+def prepare_inputs(
+    pred: VideoLike, target: VideoLike, mask: VideoLike | None, region: Region, boundary_px: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Convert and check a (pred, target, mask) triple → ``(B,F,C,H,W)``, ``(B,F,C,H,W)``, scoring ``(B,F,1,H,W)``."""
+    pred = to_video_tensor(pred)
+    target = to_video_tensor(target, device=pred.device)
+    if pred.shape != target.shape:
+        raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape")
+    hole = None if mask is None else to_mask_tensor(mask, like=pred)
+    return pred, target, select_region(hole, region, boundary_px, like=pred)
+
+
+def masked_psnr(
+    pred: VideoLike,
+    target: VideoLike,
+    mask: VideoLike | None = None,
+    data_range: float = 1.0,
+    *,
+    region: Region = "hole",
+    boundary_px: int = DEFAULT_BOUNDARY_PX,
+) -> Tensor:
+    """PSNR over the scored pixels of each frame, averaged over frames with a non-empty mask → ``(B,)`` (dB).
+
+    pred, target: ``(B,F,C,H,W)`` float in ``[0, data_range]`` or uint8 channel-last (see ``to_video_tensor``).
+    mask: ``(B,F,1,H,W)`` hole mask, 1 = hole; None = whole frame. ``region`` picks what is scored: the hole, the
+    band outside it (``vipo.regions.decompose`` boundary; ``boundary_px`` = odd kernel side, 7 → 3 px), or the
+    whole frame. Per frame ``MSE = Σ_M,c (x-y)² / (|M|·C)`` and
+    ``PSNR = 10·log10(data_range² / MSE)``; identical frames give ``inf``, a clip with no scored frame NaN.
+    """
+    pred, target, scored = prepare_inputs(pred, target, mask, region, boundary_px)
+    channels = pred.shape[2]
+    squared_error = ((pred - target) ** 2 * scored).sum(dim=(2, 3, 4))
+    pixels = scored.sum(dim=(2, 3, 4))
+    mse = squared_error / (pixels * channels)
+    psnr = 10.0 * torch.log10(data_range**2 / mse)
+    return mean_over_scored_frames(psnr, pixels > 0)
+
+
+def _gaussian_window(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The 1-D Gaussian of skimage/scipy (σ 1.5, truncate 3.5 → radius 5, 11 taps), normalised to sum 1."""
+    radius = SSIM_WINDOW // 2
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    weights = torch.exp(-0.5 * (offsets / SSIM_SIGMA) ** 2)
+    return (weights / weights.sum()).to(dtype=dtype, device=device)
+
+
+def _ssim_map(pred: Tensor, target: Tensor, data_range: float) -> Tensor:
+    """SSIM map of ``(N,C,H,W)`` frames → ``(N, H-10, W-10)``, channel mean, only where the window fits.
+
+    Keeping only the "valid" window positions is skimage's border convention: it crops ``(win_size-1)//2`` px from
+    each side before averaging, so the padding mode never matters.
+    """
+    n, c, h, w = pred.shape
+    window = _gaussian_window(pred.dtype, pred.device)
+    # One separable filtering pass over the five local statistics, every channel of every frame at once.
+    stats = torch.cat([pred, target, pred * pred, target * target, pred * target]).reshape(5 * n * c, 1, h, w)
+    stats = F.conv2d(stats, window.view(1, 1, 1, -1))
+    stats = F.conv2d(stats, window.view(1, 1, -1, 1))
+    mu_x, mu_y, xx, yy, xy = stats.reshape(5, n, c, h - SSIM_WINDOW + 1, w - SSIM_WINDOW + 1)
+    var_x, var_y, cov_xy = xx - mu_x * mu_x, yy - mu_y * mu_y, xy - mu_x * mu_y
+    c1, c2 = (_SSIM_K1 * data_range) ** 2, (_SSIM_K2 * data_range) ** 2
+    numerator = (2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)
+    denominator = (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)
+    return (numerator / denominator).mean(dim=1)
+
+
+def masked_ssim(
+    pred: VideoLike,
+    target: VideoLike,
+    mask: VideoLike | None = None,
+    data_range: float = 1.0,
+    *,
+    region: Region = "hole",
+    boundary_px: int = DEFAULT_BOUNDARY_PX,
+    frame_chunk: int = 32,
+) -> Tensor:
+    """Mean of the SSIM map over the scored pixels of each frame, averaged over frames → ``(B,)`` in ``[-1, 1]``.
+
+    The map is skimage's ``structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+    channel_axis=-1)``: 11-tap Gaussian window, K1 0.01, K2 0.03, channels averaged. Like skimage it exists only
+    where the whole window fits, so scored pixels within 5 px of the frame edge are left out; a frame whose scored
+    pixels all lie there counts as empty. Inputs and ``region`` as in :func:`masked_psnr`; frames are processed
+    ``frame_chunk`` at a time to bound memory.
+    """
+    pred, target, scored = prepare_inputs(pred, target, mask, region, boundary_px)
+    b, f, c, h, w = pred.shape
+    if min(h, w) < SSIM_WINDOW:
+        raise ValueError(f"SSIM needs frames of at least {SSIM_WINDOW}x{SSIM_WINDOW} px, got {h}x{w}")
+    crop = SSIM_WINDOW // 2
+    scored = scored.reshape(b * f, h, w)[:, crop : h - crop, crop : w - crop]
+    pred, target = pred.reshape(b * f, c, h, w), target.reshape(b * f, c, h, w)
+    sums = []
+    for start in range(0, b * f, frame_chunk):
+        chunk = slice(start, start + frame_chunk)
+        sums.append((_ssim_map(pred[chunk], target[chunk], data_range) * scored[chunk]).sum(dim=(1, 2)))
+    pixels = scored.sum(dim=(1, 2))
+    per_frame = (torch.cat(sums) / pixels).reshape(b, f)
+    return mean_over_scored_frames(per_frame, (pixels > 0).reshape(b, f))
