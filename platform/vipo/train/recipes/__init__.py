@@ -1,1 +1,33 @@
-"""vipo.train.recipes"""
+"""The recipe registry: a config's ``recipe:`` value → ``"module:Class"``.
+
+Adding a recipe is one file in this folder (a class following :class:`vipo.train.loop.Recipe`, its config class
+as ``config_class``, and a module-level ``train_fn(config: dict)`` that calls :func:`vipo.train.loop.run_recipe`)
+plus one line here. Entries are import strings so that validating a config does not import every recipe.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vipo.train.loop import Recipe
+
+__all__ = ["RECIPES", "get_recipe", "recipe_module"]
+
+RECIPES: dict[str, str] = {
+    "stage1": "vipo.train.recipes.stage1:Stage1Recipe",
+    "stage2": "vipo.train.recipes.stage2:Stage2Recipe",
+}
+
+
+def recipe_module(name: str) -> ModuleType:
+    if name not in RECIPES:
+        raise KeyError(f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
+    return importlib.import_module(RECIPES[name].split(":")[0])
+
+
+def get_recipe(name: str) -> type["Recipe"]:
+    """The recipe class registered as ``name``."""
+    return getattr(recipe_module(name), RECIPES[name].split(":")[1])

@@ -1,0 +1,155 @@
+"""Checkpoints: ``save_pretrained`` weights + a recipe-state file + progress, written atomically.
+
+A checkpoint folder (``checkpoint-00000100/``) holds:
+
+- ``weights/<module>/``: the trained modules in diffusers format (``save_pretrained``), written by rank 0;
+- ``recipe_state.pt`` (DDP path, rank 0) with optimiser, LR scheduler and grad-scaler state, or ``deepspeed/``
+  (ZeRO path, every rank writes its shard of the optimiser state);
+- ``rng/rank_00000.pt``: each rank's RNG states (Python, NumPy, torch, CUDA, the recipe's noise generator);
+- ``config.yaml``: the resolved config, so ``vipo export`` needs nothing but the folder;
+- ``progress.json``: :class:`TrainingProgress`, written last by rank 0 — a folder without it is incomplete.
+
+Every rank reports its local folder through ``ray.train.report``; Ray merges them into one folder under
+``output_dir/<run name>/`` and keeps the last K. ``ray.train.get_checkpoint()`` returns it on relaunch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CONFIG_FILE",
+    "PROGRESS_FILE",
+    "RECIPE_STATE_FILE",
+    "WEIGHTS_DIR",
+    "TrainingProgress",
+    "atomic_save",
+    "atomic_write_text",
+    "capture_rng",
+    "checkpoint_dir_name",
+    "find_checkpoint",
+    "list_checkpoints",
+    "restore_rng",
+    "rng_file",
+]
+
+WEIGHTS_DIR = "weights"
+RECIPE_STATE_FILE = "recipe_state.pt"
+PROGRESS_FILE = "progress.json"
+CONFIG_FILE = "config.yaml"
+_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d{8})$")
+
+
+@dataclass
+class TrainingProgress:
+    """Where training stands. ``batch_in_epoch`` counts micro-batches of ``epoch`` each rank has consumed, so a
+    resumed run skips exactly those and sees the same data order an uninterrupted run would."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    seed: int = 0
+    samples_seen: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_file(cls, path: Path) -> "TrainingProgress":
+        try:
+            return cls(**json.loads(Path(path).read_text()))
+        except (OSError, ValueError, TypeError) as err:
+            raise RuntimeError(f"{path}: unreadable training progress ({err}); the checkpoint is damaged") from None
+
+
+def checkpoint_dir_name(step: int) -> str:
+    return f"checkpoint-{step:08d}"
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    # Write next to the target, then rename: readers see the old file or the whole new one, never a torn one.
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` that never leaves a partial file at ``path``."""
+    _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_write_text(text: str, path: str | Path) -> None:
+    _atomic(Path(path), lambda tmp: tmp.write_text(text))
+
+
+def rng_file(directory: Path, rank: int) -> Path:
+    return Path(directory) / "rng" / f"rank_{rank:05d}.pt"
+
+
+def capture_rng(noise: torch.Generator) -> dict[str, Any]:
+    """Every RNG a training step can touch, plus the recipe's own noise/timestep generator."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "noise": noise.get_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any], noise: torch.Generator) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    noise.set_state(state["noise"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def list_checkpoints(run_dir: str | Path) -> dict[int, Path]:
+    """Complete checkpoints of a run folder, by step."""
+    run_dir = Path(run_dir)
+    found = {}
+    for child in run_dir.iterdir() if run_dir.is_dir() else ():
+        match = _CHECKPOINT_NAME.match(child.name)
+        if match and (child / PROGRESS_FILE).is_file():
+            found[int(match.group(1))] = child
+    return dict(sorted(found.items()))
+
+
+def find_checkpoint(run_dir: str | Path, step: int | str = "latest") -> Path:
+    """The checkpoint folder for ``step`` (an int, a digit string or ``"latest"``); clear errors otherwise."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run folder (expected output_dir/<run name> of a training run)")
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise FileNotFoundError(f"{run_dir}: no complete checkpoint-NNNNNNNN/ folder in this run folder")
+    if step == "latest":
+        return found[max(found)]
+    if isinstance(step, str) and not step.isdigit():
+        raise ValueError(f"step must be an integer or 'latest', got {step!r}")
+    if int(step) not in found:
+        raise FileNotFoundError(
+            f"{run_dir}: no checkpoint at step {int(step)}; available: {', '.join(map(str, found))}"
+        )
+    return found[int(step)]

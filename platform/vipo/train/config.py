@@ -1,0 +1,196 @@
+"""Training configs: what every recipe shares, plus the recipe choice.
+
+``TrainConfig`` holds the knobs of the runner (scaling, optimisation, precision, DeepSpeed, checkpointing,
+failures, validation cadence). A recipe subclasses it with ``recipe: Literal["<name>"]`` and its own blocks
+(``model``, ``data``, ...), so an unknown key is still a one-line error. :func:`load_train_config` reads the
+``recipe:`` field first and then validates the whole file against that recipe's config class.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Iterable, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from vipo.config import Config, ExistingPath, JobConfig, load_config, validate_config
+
+__all__ = [
+    "CheckpointSettings",
+    "DeepSpeedSettings",
+    "DiffuEraserModelSettings",
+    "FailureSettings",
+    "ModelSettings",
+    "OptimSettings",
+    "ScalingSettings",
+    "TrainConfig",
+    "ValidationSettings",
+    "load_train_config",
+    "train_config_from_dict",
+]
+
+Precision = Literal["fp32", "bf16", "fp16"]
+
+
+class ScalingSettings(Config):
+    """Ray Train workers. ``num_workers: 0`` is Ray Train's local mode (no actors; debugging)."""
+
+    num_workers: int = Field(default=2, ge=0)
+    use_gpu: bool = False
+    resources_per_worker: dict[str, float] | None = None
+
+
+class OptimSettings(Config):
+    """AdamW + a diffusers LR schedule. ``max_steps`` counts optimiser steps (after accumulation)."""
+
+    lr: float = Field(default=5e-6, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(default=1e-8, gt=0)
+    weight_decay: float = Field(default=1e-2, ge=0)
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
+    warmup_steps: int = Field(default=0, ge=0)
+    max_steps: int = Field(default=1000, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    max_grad_norm: float | None = Field(default=1.0, gt=0, description="Gradient clipping; null disables it.")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError("each beta must be in [0, 1)")
+        return betas
+
+
+class DeepSpeedSettings(Config):
+    """DeepSpeed ZeRO on GPU workers; the generated DeepSpeed config comes from these fields only."""
+
+    enabled: bool = False
+    zero_stage: int = Field(default=2, ge=1, le=3)
+    offload_optimizer: bool = True
+    bucket_size: int = Field(default=200_000_000, ge=1_000_000, description="ZeRO reduce/allgather bucket (elements).")
+
+
+class CheckpointSettings(Config):
+    every_n_steps: int = Field(default=500, ge=1)
+    keep_last_k: int = Field(default=3, ge=1)
+
+
+class FailureSettings(Config):
+    """``max_failures`` worker-group restarts per launch (-1: unlimited).
+
+    ``inject_at_step`` is a fault-tolerance drill: the workers crash once when they reach that step (a marker
+    in the run folder keeps the relaunch from crashing again), so a cluster's resume path can be checked.
+    """
+
+    max_failures: int = Field(default=0, ge=-1)
+    inject_at_step: int | None = Field(default=None, ge=1)
+
+
+class ValidationSettings(Config):
+    """Inpaint fixed clips with fixed masks every ``every_n_steps`` (and at the last step); null disables it."""
+
+    every_n_steps: int | None = Field(default=None, ge=1)
+    videos: list[str] = Field(default_factory=lambda: ["bear", "boat"], min_length=1)
+    nframes: int = Field(default=10, ge=1)
+    resolution: int = Field(default=512, ge=8, multiple_of=8)
+    num_inference_steps: int = Field(default=20, ge=1)
+    seed: int = Field(default=0, ge=0)
+
+
+class ModelSettings(Config):
+    """Switches every diffusers model supports."""
+
+    gradient_checkpointing: bool = False
+    attention: Literal["sdpa", "xformers"] = "sdpa"
+
+
+class DiffuEraserModelSettings(ModelSettings):
+    """Weights in the seed-002 layout (``stable-diffusion-v1-5/``, ``sd-vae-ft-mse/``, ``diffuEraser/``, ...).
+
+    ``pretrained_stage1_path`` is a folder with ``unet_main/`` and ``brushnet/`` (a stage-1 export): stage 1
+    starts from it when given, stage 2 builds on it (default: ``weights_root/diffuEraser``).
+    """
+
+    weights_root: ExistingPath
+    pretrained_stage1_path: ExistingPath | None = None
+
+
+def _known_recipe(recipe: str) -> str:
+    from vipo.train.recipes import RECIPES
+
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; known: {', '.join(sorted(RECIPES))}")
+    return recipe
+
+
+RecipeName = Annotated[str, AfterValidator(_known_recipe)]
+
+_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class TrainConfig(JobConfig):
+    """Runner settings shared by every recipe. ``name`` is the Ray Train run name: ``output_dir/name`` is the
+    run folder, and relaunching with the same ``output_dir`` and ``name`` resumes from its latest checkpoint."""
+
+    recipe: RecipeName
+    name: str | None = Field(default=None, description="Run name (default: the recipe name); no timestamps.")
+    batch_size: int = Field(default=1, ge=1, description="Clips per worker per micro-step.")
+    precision: Precision = "fp32"
+    log_every_n_steps: int = Field(default=1, ge=1)
+    export_on_finish: bool = Field(
+        default=True, description="Write <run>/export/step_N at the end and log it to MLflow as artifact 'model'."
+    )
+    scaling: ScalingSettings = ScalingSettings()
+    optim: OptimSettings = OptimSettings()
+    deepspeed: DeepSpeedSettings = DeepSpeedSettings()
+    checkpointing: CheckpointSettings = CheckpointSettings()
+    failure: FailureSettings = FailureSettings()
+    validation: ValidationSettings = ValidationSettings()
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, name: str | None) -> str | None:
+        if name is not None and not _RUN_NAME.match(name):
+            raise ValueError("use letters, digits, '.', '_' and '-' only (it names a folder)")
+        return name
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainConfig":
+        if self.deepspeed.enabled and not self.scaling.use_gpu:
+            raise ValueError("deepspeed.enabled needs scaling.use_gpu: true (the CPU path is plain DDP/gloo)")
+        if self.precision == "fp16" and not self.scaling.use_gpu:
+            raise ValueError("precision fp16 needs GPUs; use fp32 or bf16 on CPU")
+        return self
+
+    @property
+    def run_name(self) -> str:
+        return self.name or self.recipe
+
+    @property
+    def run_dir(self) -> Path:
+        return self.output_dir / self.run_name
+
+
+class _RecipeChoice(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    recipe: RecipeName
+
+
+def _config_class(recipe: str) -> type[TrainConfig]:
+    from vipo.train.recipes import get_recipe
+
+    return get_recipe(recipe).config_class
+
+
+def load_train_config(path: str | Path | None, overrides: Iterable[str] = ()) -> TrainConfig:
+    """YAML + ``key=value`` overrides → the config class of the file's ``recipe:`` (one-line ConfigError)."""
+    overrides = list(overrides)
+    choice = load_config(_RecipeChoice, path, overrides)
+    return load_config(_config_class(choice.recipe), path, overrides)
+
+
+def train_config_from_dict(data: dict) -> TrainConfig:
+    """Re-validate a dumped config (what Ray ships to workers, what a checkpoint stores)."""
+    choice = validate_config(_RecipeChoice, data, "<train config>")
+    return validate_config(_config_class(choice.recipe), data, "<train config>")

@@ -1,0 +1,222 @@
+"""Where a recipe's trained module runs: plain torch (single process or DDP) or DeepSpeed ZeRO.
+
+Both engines expose the same small surface, so a recipe never branches on the backend:
+``engine.module`` (call it for the forward pass), ``engine.model`` (the unwrapped module, for ``save_pretrained``
+and validation), ``engine.input_dtype`` (cast model inputs to it), ``engine.micro_step(loss_fn)`` (forward +
+backward + clipping + optimiser/scheduler step at the accumulation boundary), ``engine.lr``,
+``engine.full_weights()`` (a context in which every rank sees whole tensors: ZeRO-3 gathers), and
+``save_state``/``load_state`` for the optimiser side of a checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ContextManager, Protocol
+
+import torch
+from torch import nn
+
+from vipo.train.checkpointing import RECIPE_STATE_FILE, atomic_save
+from vipo.train.config import TrainConfig
+
+__all__ = ["DeepSpeedEngine", "Engine", "TorchEngine", "WorkerContext", "build_engine", "build_lr_scheduler"]
+
+_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """This process's place in the worker group."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    in_ray: bool = False
+
+    @classmethod
+    def from_ray(cls) -> "WorkerContext":
+        """Inside a Ray Train worker (the process group is already set up by ``TorchTrainer``)."""
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        return cls(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank(), ray.train.torch.get_device(),
+                   in_ray=True)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+class Engine(Protocol):
+    module: nn.Module
+    model: nn.Module
+    input_dtype: torch.dtype
+
+    @property
+    def lr(self) -> float: ...
+    def micro_step(self, loss_fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float | None]: ...
+    def full_weights(self) -> ContextManager: ...
+    def save_state(self, directory: Path, ctx: WorkerContext) -> None: ...
+    def load_state(self, directory: Path) -> None: ...
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the recipe's model has no trainable parameters")
+    wrong = {p.dtype for p in params} - {torch.float32}
+    if wrong:
+        # Low-precision master weights silently stall training (updates round to zero); the engines cast.
+        raise ValueError(f"trainable parameters must be float32, found {sorted(map(str, wrong))}")
+    return params
+
+
+def build_lr_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(
+        cfg.optim.lr_scheduler, optimizer,
+        num_warmup_steps=cfg.optim.warmup_steps, num_training_steps=cfg.optim.max_steps,
+    )
+
+
+class TorchEngine:
+    """AdamW + diffusers LR schedule + clipping + accumulation (+ autocast), DDP when the group has >1 rank."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, ctx: WorkerContext):
+        self.model = model.to(ctx.device)
+        self.params = trainable_parameters(model)
+        if ctx.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [ctx.device] if ctx.device.type == "cuda" else None
+            self.module = DistributedDataParallel(model, device_ids=device_ids)
+        else:
+            self.module = model
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
+            weight_decay=cfg.optim.weight_decay,
+        )
+        self.scheduler = build_lr_scheduler(cfg, self.optimizer)
+        self.scaler = torch.amp.GradScaler(ctx.device.type) if cfg.precision == "fp16" else None
+        self.autocast_dtype = _AUTOCAST[cfg.precision]
+        self.device_type = ctx.device.type
+        self.input_dtype = torch.float32
+        self.grad_accum = cfg.optim.grad_accum
+        self.max_grad_norm = cfg.optim.max_grad_norm or math.inf
+        self.micro = 0
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def micro_step(self, loss_fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float | None]:
+        """Run ``loss_fn`` (which calls ``self.module``), backpropagate ``loss / grad_accum`` and, at the
+        accumulation boundary, clip, step and advance the schedule. Returns (loss, grad norm or None)."""
+        boundary = (self.micro + 1) % self.grad_accum == 0
+        # Between boundaries DDP must not all-reduce: gradients only accumulate locally.
+        sync = contextlib.nullcontext() if boundary or self.module is self.model else self.module.no_sync()
+        autocast = (
+            torch.autocast(self.device_type, dtype=self.autocast_dtype)
+            if self.autocast_dtype else contextlib.nullcontext()
+        )
+        with sync:
+            with autocast:
+                loss = loss_fn()
+            scaled = loss / self.grad_accum
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        self.micro += 1
+        if not boundary:
+            return loss.detach(), None
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach(), float(grad_norm)
+
+    def full_weights(self) -> ContextManager:
+        return contextlib.nullcontext()
+
+    def save_state(self, directory: Path, ctx: WorkerContext) -> None:
+        # DDP keeps identical optimiser state on every rank, so rank 0's copy is the whole state.
+        if ctx.is_main:
+            state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+            if self.scaler:
+                state["scaler"] = self.scaler.state_dict()
+            atomic_save(state, Path(directory) / RECIPE_STATE_FILE)
+
+    def load_state(self, directory: Path) -> None:
+        path = Path(directory) / RECIPE_STATE_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing optimiser state (was this checkpoint written by DeepSpeed?)")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+
+
+class DeepSpeedEngine:
+    """DeepSpeed ZeRO 1-3 with the config from :func:`vipo.train.deepspeed.deepspeed_config`."""
+
+    _TAG = "state"
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, ctx: WorkerContext):
+        import deepspeed
+
+        from vipo.train.deepspeed import deepspeed_config
+
+        params = trainable_parameters(model)
+        self.zero_stage = cfg.deepspeed.zero_stage
+        self.module, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model.to(ctx.device), model_parameters=params, config=deepspeed_config(cfg),
+            lr_scheduler=lambda optimizer: build_lr_scheduler(cfg, optimizer),
+        )
+        self.model = self.module.module
+        self.input_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+
+    @property
+    def lr(self) -> float:
+        return self.module.get_lr()[0]
+
+    def micro_step(self, loss_fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float | None]:
+        loss = loss_fn()
+        self.module.backward(loss)
+        boundary = self.module.is_gradient_accumulation_boundary()  # must be read before step()
+        self.module.step()
+        if not boundary:
+            return loss.detach(), None
+        norm = self.module.get_global_grad_norm()
+        return loss.detach(), float(norm) if norm is not None else math.nan
+
+    def full_weights(self) -> ContextManager:
+        if self.zero_stage < 3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(self.model.parameters()), modifier_rank=None)
+
+    def save_state(self, directory: Path, ctx: WorkerContext) -> None:
+        # Every rank writes its optimiser shard; Ray merges the ranks' folders into one checkpoint.
+        self.module.save_checkpoint(str(Path(directory) / "deepspeed"), tag=self._TAG, exclude_frozen_parameters=True)
+
+    def load_state(self, directory: Path) -> None:
+        path = Path(directory) / "deepspeed"
+        if not (path / self._TAG).is_dir():
+            raise FileNotFoundError(f"{path / self._TAG}: missing DeepSpeed state (was this checkpoint written by DDP?)")
+        self.module.load_checkpoint(str(path), tag=self._TAG, load_module_strict=False)
+
+
+def build_engine(model: nn.Module, cfg: TrainConfig, ctx: WorkerContext) -> Engine:
+    return DeepSpeedEngine(model, cfg, ctx) if cfg.deepspeed.enabled else TorchEngine(model, cfg, ctx)

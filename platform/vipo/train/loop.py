@@ -1,0 +1,297 @@
+"""The loop every recipe shares: data → micro-steps → log → checkpoint → validate, and resume.
+
+A recipe (``vipo/train/recipes/<name>.py``) builds its models and dataset in ``setup`` and hands them to
+:class:`TrainLoop`, which owns everything else: the resumable per-epoch data order, the noise generator, the
+MLflow logger (rank 0), checkpoints through ``ray.train.report``, validation grids/GIFs and the final export.
+The hooks a recipe provides are listed in :class:`Recipe`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
+
+from vipo.config import dump_config, validate_config
+from vipo.tracking import RunLogger, build_logger, run_identity
+from vipo.train.checkpointing import (
+    CONFIG_FILE,
+    PROGRESS_FILE,
+    WEIGHTS_DIR,
+    TrainingProgress,
+    atomic_save,
+    atomic_write_text,
+    capture_rng,
+    checkpoint_dir_name,
+    restore_rng,
+    rng_file,
+)
+from vipo.train.config import TrainConfig
+from vipo.train.engine import Engine, WorkerContext
+
+__all__ = ["DRILL_MARKER", "InjectedFailure", "Recipe", "TrainLoop", "run_recipe", "video_grid"]
+
+DRILL_MARKER = ".failure_drill_done"
+
+
+class InjectedFailure(RuntimeError):
+    """The crash ``failure.inject_at_step`` asks for."""
+
+
+class Recipe(Protocol):
+    """What a recipe class provides (torchtune's verbs plus the hooks :class:`TrainLoop` calls)."""
+
+    config_class: ClassVar[type[TrainConfig]]
+    #: Recorded as MLflow identity tags: the weights the run starts from and the data manifest it reads.
+    parent_checkpoint: Path | None
+    manifest_path: Path | None
+
+    def __init__(self, cfg: TrainConfig, ctx: WorkerContext) -> None: ...
+    def setup(self, checkpoint: Path | None) -> None: ...
+    def train(self) -> None: ...
+    def save_checkpoint(self, directory: Path) -> None:
+        """Write the trained weights (``save_pretrained`` folders) into ``directory`` (rank 0 only)."""
+    def cleanup(self) -> None: ...
+    def compute_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """One micro-batch: the scalar loss to backpropagate and extra scalars to log."""
+    def validate(self, step: int) -> dict[str, np.ndarray]:
+        """Rank 0: name → (F, H, W, 3) uint8 frames to log as a grid image and a GIF."""
+    @classmethod
+    def export(cls, cfg: TrainConfig, checkpoint: Path, out_dir: Path) -> None:
+        """Write diffusers-format folders for ``checkpoint`` (a folder of this recipe) into ``out_dir``."""
+
+
+def video_grid(frames: np.ndarray) -> np.ndarray:
+    """(F, H, W, 3) uint8 → one (H, F·W, 3) strip, frames left to right."""
+    return np.concatenate(list(frames), axis=1)
+
+
+def _write_gif(frames: np.ndarray, path: Path, fps: int = 8) -> None:
+    import imageio.v2 as imageio
+
+    imageio.mimsave(path, list(frames), duration=1000 / fps, loop=0)
+
+
+class TrainLoop:
+    """Runs a set-up recipe to ``optim.max_steps`` and resumes it from a checkpoint folder.
+
+    ``noise`` is the generator recipes draw timesteps and noise from (per rank, saved in checkpoints). Data
+    order per epoch comes from a seeded ``DistributedSampler``, so skipping ``batch_in_epoch`` batches after a
+    restart reproduces exactly what an uninterrupted run would have seen next.
+    """
+
+    def __init__(self, recipe: Recipe, cfg: TrainConfig, ctx: WorkerContext, engine: Engine, dataset: Dataset, *,
+                 checkpoint: Path | None, loader_workers: int = 0):
+        self.recipe, self.cfg, self.ctx, self.engine, self.dataset = recipe, cfg, ctx, engine, dataset
+        self.loader_workers = loader_workers
+        self.noise = torch.Generator().manual_seed(cfg.seed * 100_003 + ctx.rank)
+        self.progress = TrainingProgress(seed=cfg.seed)
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        # Decided once, on every rank alike, so all ranks crash together and a relaunch does not crash again.
+        drill = cfg.failure.inject_at_step
+        self._drill_pending = drill is not None and drill > self.progress.step and not (cfg.run_dir / DRILL_MARKER).exists()
+        self.logger: RunLogger = build_logger(
+            cfg.tracking, cfg.output_dir, cfg.run_name, rank=ctx.rank, resume=True
+        )
+        if ctx.is_main:
+            self.logger.log_config(cfg, run_identity(
+                cfg, manifest_path=recipe.manifest_path, parent_checkpoint=recipe.parent_checkpoint))
+
+    # -- data --------------------------------------------------------------------------------------------------
+    def epoch_loader(self, epoch: int, skip_batches: int = 0) -> DataLoader:
+        """This rank's batches of ``epoch``, minus the first ``skip_batches`` (already consumed)."""
+        sampler = DistributedSampler(
+            self.dataset, num_replicas=self.ctx.world_size, rank=self.ctx.rank, shuffle=True,
+            seed=self.cfg.seed, drop_last=True,
+        )
+        sampler.set_epoch(epoch)
+        indices = list(sampler)
+        if len(indices) < self.cfg.batch_size:
+            raise ValueError(
+                f"the dataset has {len(self.dataset)} clips: fewer than batch_size ({self.cfg.batch_size}) × "
+                f"workers ({self.ctx.world_size}); add data or lower batch_size / scaling.num_workers"
+            )
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        return DataLoader(
+            self.dataset, batch_size=self.cfg.batch_size, sampler=indices[skip_batches * self.cfg.batch_size:],
+            drop_last=True, num_workers=self.loader_workers,
+        )
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+    def run(self) -> Path | None:
+        """Train to ``max_steps``, then export the final checkpoint (rank 0) when ``export_on_finish``.
+        Returns the export folder (rank 0) or None. The MLflow run is closed FINISHED or FAILED."""
+        try:
+            self._train()
+            out = self._export() if self.cfg.export_on_finish and self.ctx.is_main else None
+        except BaseException:
+            self.logger.close("FAILED")
+            raise
+        self.logger.close()
+        return out
+
+    def _train(self) -> None:
+        cfg, p = self.cfg, self.progress
+        micro_losses: list[torch.Tensor] = []
+        extras: dict[str, float] = {}
+        step_start = time.perf_counter()
+        bar = tqdm(total=cfg.optim.max_steps, initial=p.step, desc=f"train {cfg.run_name}",
+                   disable=not self.ctx.is_main, dynamic_ncols=True)
+        while p.step < cfg.optim.max_steps:
+            for batch in self.epoch_loader(p.epoch, p.batch_in_epoch):
+                def loss_fn() -> torch.Tensor:
+                    loss, metrics = self.recipe.compute_loss(batch)
+                    extras.update(metrics)
+                    return loss
+
+                loss, grad_norm = self.engine.micro_step(loss_fn)
+                micro_losses.append(loss.float())
+                p.batch_in_epoch += 1
+                p.samples_seen += cfg.batch_size * self.ctx.world_size
+                if grad_norm is None:
+                    continue
+                p.step += 1
+                elapsed = time.perf_counter() - step_start
+                metrics = self._step_metrics(torch.stack(micro_losses).mean(), extras, grad_norm, elapsed)
+                micro_losses.clear()
+                extras = {}
+                bar.update(1)
+                bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+                if self.ctx.is_main and p.step % cfg.log_every_n_steps == 0:
+                    self.logger.log_metrics(metrics, step=p.step)
+                last = p.step >= cfg.optim.max_steps
+                if last or p.step % cfg.checkpointing.every_n_steps == 0:
+                    self.save(metrics)
+                every = cfg.validation.every_n_steps
+                if every is not None and (last or p.step % every == 0):
+                    self.validate()
+                self._maybe_inject_failure()
+                step_start = time.perf_counter()
+                if last:
+                    break
+            else:
+                p.epoch += 1
+                p.batch_in_epoch = 0
+        bar.close()
+
+    def _step_metrics(self, loss: torch.Tensor, extras: Mapping[str, float], grad_norm: float,
+                      elapsed: float) -> dict[str, float]:
+        """Loss and recipe scalars averaged over ranks (one all-reduce), plus rank-0 timing and memory."""
+        names = sorted(extras)
+        values = torch.tensor([float(loss), *(float(extras[n]) for n in names)], dtype=torch.float64)
+        if self.ctx.world_size > 1:
+            values = values.to(self.ctx.device)
+            dist.all_reduce(values)
+            values = values.cpu() / self.ctx.world_size
+        samples = self.cfg.batch_size * self.cfg.optim.grad_accum * self.ctx.world_size
+        metrics = {"loss": values[0].item(), **{n: v.item() for n, v in zip(names, values[1:])}}
+        metrics.update(lr=self.engine.lr, grad_norm=grad_norm, step_time_s=elapsed,
+                       samples_per_s=samples / elapsed if elapsed > 0 else math.nan, epoch=self.progress.epoch)
+        if self.ctx.device.type == "cuda":
+            metrics["gpu_mem_peak_gb"] = torch.cuda.max_memory_allocated(self.ctx.device) / 2**30
+        return metrics
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def save(self, metrics: Mapping[str, float]) -> None:
+        """Write this rank's part of the checkpoint and report it (every rank, so Ray merges the folders)."""
+        step = self.progress.step
+        with tempfile.TemporaryDirectory(prefix="vipo-ckpt-") as tmp:
+            directory = Path(tmp)
+            with self.engine.full_weights():
+                if self.ctx.is_main:
+                    self.recipe.save_checkpoint(directory / WEIGHTS_DIR)
+            self.engine.save_state(directory, self.ctx)
+            atomic_save(capture_rng(self.noise), rng_file(directory, self.ctx.rank))
+            if self.ctx.is_main:
+                atomic_write_text(yaml.safe_dump(dump_config(self.cfg), sort_keys=False), directory / CONFIG_FILE)
+                atomic_write_text(self.progress.to_json(), directory / PROGRESS_FILE)  # last: marks completeness
+            self._report(dict(metrics, step=step), directory, checkpoint_dir_name(step))
+
+    def _report(self, metrics: dict, directory: Path, name: str) -> None:
+        if self.ctx.in_ray:
+            import ray.train
+
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
+                             checkpoint_dir_name=name)
+        else:
+            # Outside Ray Train (a single process: tests, debugging) the run folder is written directly.
+            target = self.cfg.run_dir / name
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(directory, target)
+
+    def _restore(self, checkpoint: Path) -> None:
+        self.engine.load_state(checkpoint)
+        self.progress = TrainingProgress.from_file(checkpoint / PROGRESS_FILE)
+        rng = rng_file(checkpoint, self.ctx.rank)
+        if rng.is_file():
+            restore_rng(torch.load(rng, map_location="cpu", weights_only=False), self.noise)
+        else:
+            # A relaunch with more workers than before: the new ranks start fresh streams (not bit-reproducible).
+            self.noise.manual_seed(self.cfg.seed * 100_003 + self.ctx.rank + 7919 * self.progress.step)
+        if self.progress.seed != self.cfg.seed:
+            tqdm.write(f"warning: checkpoint seed {self.progress.seed} != config seed {self.cfg.seed}; "
+                       "resuming with the checkpoint's data order")
+            self.cfg.seed = self.progress.seed
+
+    def _maybe_inject_failure(self) -> None:
+        if not self._drill_pending or self.progress.step != self.cfg.failure.inject_at_step:
+            return
+        if self.ctx.is_main:
+            self.cfg.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.cfg.run_dir / DRILL_MARKER).write_text(f"{self.progress.step}\n")
+        raise InjectedFailure(f"failure.inject_at_step={self.progress.step}: simulated worker crash (drill)")
+
+    # -- validation and the end --------------------------------------------------------------------------------
+    def validate(self) -> None:
+        step = self.progress.step
+        self.engine.model.eval()
+        try:
+            with self.engine.full_weights(), torch.no_grad():
+                videos = self.recipe.validate(step) if self.ctx.is_main else {}
+        finally:
+            self.engine.model.train()
+        if not videos:
+            return
+        self.logger.log_images({name: video_grid(frames) for name, frames in videos.items()}, step=step)
+        with tempfile.TemporaryDirectory(prefix="vipo-val-") as tmp:
+            for name, frames in videos.items():
+                _write_gif(frames, Path(tmp) / f"{name}_step{step:07d}.gif")
+            self.logger.log_artifact(tmp, "validation")
+
+    def _export(self) -> Path:
+        """Export the final checkpoint and log it as the MLflow artifact ``model``."""
+        checkpoint = self.cfg.run_dir / checkpoint_dir_name(self.progress.step)
+        out = self.cfg.run_dir / "export" / f"step_{self.progress.step:08d}"
+        type(self.recipe).export(self.cfg, checkpoint, out)
+        self.logger.log_artifact(out, "model")
+        self.logger.set_tags({"vipo.export_dir": str(out)})
+        return out
+
+
+def run_recipe(recipe_cls: type[Recipe], config: dict) -> None:
+    """The body of every recipe's Ray Train function: validate, restore, setup → train → cleanup."""
+    import ray.train
+
+    cfg = validate_config(recipe_cls.config_class, config, "<train config>")
+    ctx = WorkerContext.from_ray()
+    checkpoint = ray.train.get_checkpoint()
+    recipe = recipe_cls(cfg, ctx)
+    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as directory:
+        recipe.setup(Path(directory) if directory else None)
+    try:
+        recipe.train()
+    finally:
+        recipe.cleanup()

@@ -1,0 +1,53 @@
+"""Build the Ray Train ``TorchTrainer`` for a training config and run it.
+
+The run lives in ``output_dir/<run name>`` (Ray Train V2's ``RunConfig(storage_path, name)``). Launching the same
+config again resumes from the latest checkpoint there: the controller finds it and ``ray.train.get_checkpoint()``
+hands it to every worker. ``scaling.use_gpu: false`` trains with DDP over gloo on CPUs; with GPUs Ray sets up
+NCCL and the recipe runs under DeepSpeed when ``deepspeed.enabled``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from vipo.config import dump_config
+from vipo.tracking import init_ray
+from vipo.train.config import TrainConfig
+from vipo.train.recipes import recipe_module
+
+if TYPE_CHECKING:
+    from ray.train import Result
+    from ray.train.torch import TorchTrainer
+
+__all__ = ["build_trainer", "fit"]
+
+
+def build_trainer(cfg: TrainConfig) -> "TorchTrainer":
+    """``TorchTrainer(recipe.train_fn, ScalingConfig, RunConfig(storage_path=output_dir, name=run name,
+    CheckpointConfig(num_to_keep=K), FailureConfig(max_failures)))`` for ``cfg``."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    return TorchTrainer(
+        recipe_module(cfg.recipe).train_fn,
+        train_loop_config=dump_config(cfg),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.scaling.num_workers,
+            use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker=cfg.scaling.resources_per_worker,
+        ),
+        run_config=RunConfig(
+            name=cfg.run_name,
+            storage_path=str(cfg.output_dir),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpointing.keep_last_k),
+            failure_config=FailureConfig(max_failures=cfg.failure.max_failures),
+        ),
+    )
+
+
+def fit(cfg: TrainConfig) -> "Result":
+    """Start or join Ray (``cfg.ray``), then train; raises ``ray.train.TrainingFailedError`` when the workers
+    fail more than ``failure.max_failures`` times (relaunch to resume)."""
+    init_ray(cfg.ray)
+    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    return build_trainer(cfg).fit()
