@@ -63,7 +63,9 @@ def region_reg_dpo_loss(
     scale = torch.full((batch,), float(beta), dtype=terms.gap_win.dtype, device=terms.gap_win.device)
     if timestep_weight is not None:
         if timestep_weight.shape != (batch,):
-            raise ValueError(f"timestep_weight must have shape ({batch},), one per pair, got {tuple(timestep_weight.shape)}")
+            raise ValueError(
+                f"timestep_weight must have shape ({batch},), one per pair, got {tuple(timestep_weight.shape)}"
+            )
         scale = scale * timestep_weight.detach().to(scale)
 
     delta_win = terms.gap_win @ alpha_r / terms.numel

@@ -81,7 +81,8 @@ class RegionTerms:
 
     ``sq_err_*`` are Σ M_r (ε − a)²; ``gap_*`` are Σ M_r (ε̂_θ − ε̂_ref)(ε̂_θ + ε̂_ref − 2ε), the exact
     difference form of Σ M_r[(ε − ε̂_θ)² − (ε − ε̂_ref)²] that avoids cancellation when θ ≈ ref (dpo.md §2).
-    Only ``sq_err_win``, ``gap_win`` and ``gap_lose`` carry the autograd graph (of the policy predictions). ``mse_*`` are the plain per-pair MSEs (B,).
+    Only ``sq_err_win``, ``gap_win`` and ``gap_lose`` carry the autograd graph (of the policy predictions).
+    ``mse_*`` are the plain per-pair MSEs (B,), detached.
     """
 
     numel: int

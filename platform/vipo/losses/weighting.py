@@ -25,9 +25,10 @@ def min_snr_weight(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, gamma:
     if not 0 < gamma < float("inf"):
         raise ValueError(f"gamma must be finite and > 0, got {gamma}")
     if alphas_cumprod.ndim != 1 or alphas_cumprod.numel() == 0:
-        raise ValueError(f"alphas_cumprod must be a non-empty 1-D schedule (T,), got shape {tuple(alphas_cumprod.shape)}")
-    if timesteps.numel() and not (0 <= int(timesteps.min()) and int(timesteps.max()) < alphas_cumprod.numel()):
-        raise ValueError(f"timesteps must lie in [0, {alphas_cumprod.numel()}), got {timesteps.min()}..{timesteps.max()}")
+        raise ValueError(f"alphas_cumprod must be a 1-D schedule (T,), got shape {tuple(alphas_cumprod.shape)}")
+    steps = alphas_cumprod.numel()
+    if timesteps.numel() and not (0 <= int(timesteps.min()) and int(timesteps.max()) < steps):
+        raise ValueError(f"timesteps must lie in [0, {steps}), got {int(timesteps.min())}..{int(timesteps.max())}")
     alphas_cumprod = alphas_cumprod.to(device=timesteps.device, dtype=torch.float64)
     snr = alphas_cumprod / (1 - alphas_cumprod)
     # min(SNR, γ)/SNR written as min(1, γ/SNR): 1 at SNR = 0 (zero-terminal-SNR schedules), 0 at SNR = ∞.
