@@ -453,6 +453,14 @@ def test_config_rejects_bad_values(loss, key):
         validate_config(TrainerStub, {"loss": loss}, source="job.yaml")
 
 
+def test_boolean_masks_from_decompose_are_accepted():
+    batch = make_batch(35)
+    regions = exclusive_regions(36)
+    kwargs = dict(alpha=(1.0, 1.5, 0.05), rho=(1.0, 2.0, 0.0), beta=5.0)
+    as_bool, _ = region_reg_dpo_loss(*batch, tuple(mask.bool() for mask in regions), **kwargs)
+    torch.testing.assert_close(as_bool, region_reg_dpo_loss(*batch, regions, **kwargs)[0])
+
+
 def test_bad_inputs_name_the_problem():
     batch = list(make_batch(27))
     regions = exclusive_regions(28)
