@@ -155,5 +155,5 @@ def mask_dilate(hole: np.ndarray, iterations: int, kernel: Literal["rect", "cros
 
 
 def mask_erode(hole: np.ndarray, iterations: int, kernel: Literal["rect", "cross"] = "rect") -> np.ndarray:
-    """Shrink a hole mask (..., H, W) by ``iterations`` passes of a 3×3 element → bool; the frame edge never erodes."""
+    """Shrink a hole mask (..., H, W) by ``iterations`` passes of a 3×3 element → bool; frame edges do not erode."""
     return _morph(cv2.erode, hole, iterations, kernel)
