@@ -76,3 +76,12 @@ def test_config_hash_tracks_values(tmp_path):
     first = load_config(_Job, path)
     assert config_hash(first) == config_hash(load_config(_Job, path))
     assert config_hash(first) != config_hash(load_config(_Job, path, ["seed=1"]))
+
+
+def test_override_indexes_lists():
+    data = apply_overrides({"rounds": [{"n": 1}, {"n": 2}]}, ["rounds.1.n=5", "rounds.0.extra.k=1"])
+    assert data == {"rounds": [{"n": 1, "extra": {"k": 1}}, {"n": 5}]}
+    with pytest.raises(ConfigError, match="not an index of a 2-item list"):
+        apply_overrides({"rounds": [{}, {}]}, ["rounds.2.n=1"])
+    with pytest.raises(ConfigError, match="'a' is not a mapping or list"):
+        apply_overrides({"a": 3}, ["a.b=1"])

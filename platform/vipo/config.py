@@ -95,13 +95,24 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
             raise ConfigError(f"override {item!r}: expected key=value (dotted keys for nested values)")
         key, text = item.split("=", 1)
         parts = key.strip().split(".")
-        node = data
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {key}: {part!r} is not a mapping")
-            node = child
-        node[parts[-1]] = _parse_value(text)
+        node: Any = data
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            if isinstance(node, list):
+                # A numeric part indexes into a list (``rounds.0.num_samples=4``).
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"override {key}: {part!r} is not an index of a {len(node)}-item list")
+                index: Any = int(part)
+            elif isinstance(node, dict):
+                index = part
+                if not last:
+                    node.setdefault(part, {})
+            else:
+                raise ConfigError(f"override {key}: {parts[depth - 1]!r} is not a mapping or list")
+            if last:
+                node[index] = _parse_value(text)
+            else:
+                node = node[index]
     return data
 
 
