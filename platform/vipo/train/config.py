@@ -88,12 +88,16 @@ class FailureSettings(Config):
 
 
 class ValidationSettings(Config):
-    """Inpaint fixed clips with fixed masks every ``every_n_steps`` (and at the last step); null disables it."""
+    """Inpaint fixed clips with fixed masks every ``every_n_steps`` (and at the last step); null disables it.
+
+    Clips are the first frames of ``videos`` (video ids or bare names from the training sources; empty: the
+    first ``num_videos``), at the training clip size and length; masks are random moving masks drawn from
+    ``seed`` (+ the clip's position), identical at every validation.
+    """
 
     every_n_steps: int | None = Field(default=None, ge=1)
-    videos: list[str] = Field(default_factory=lambda: ["bear", "boat"], min_length=1)
-    nframes: int = Field(default=10, ge=1)
-    resolution: int = Field(default=512, ge=8, multiple_of=8)
+    videos: list[str] = Field(default_factory=list)
+    num_videos: int = Field(default=2, ge=1)
     num_inference_steps: int = Field(default=20, ge=1)
     seed: int = Field(default=0, ge=0)
 
@@ -105,15 +109,29 @@ class ModelSettings(Config):
     attention: Literal["sdpa", "xformers"] = "sdpa"
 
 
+def _existing(path: Path | None, what: str) -> None:
+    if path is not None and not path.exists():
+        raise ValueError(f"{what} does not exist: {path}")
+
+
 class DiffuEraserModelSettings(ModelSettings):
     """Weights in the seed-002 layout (``stable-diffusion-v1-5/``, ``sd-vae-ft-mse/``, ``diffuEraser/``, ...).
 
     ``pretrained_stage1_path`` is a folder with ``unet_main/`` and ``brushnet/`` (a stage-1 export): stage 1
-    starts from it when given, stage 2 builds on it (default: ``weights_root/diffuEraser``).
+    starts from it when given, stage 2 builds on it (default: the layout's released ``diffuEraser/`` folders).
+    ``tiny_weights_seed`` (demo and tests) lets ``weights_root`` not exist yet: the launcher writes tiny random
+    weights there first (``vipo.models.tiny.write_tiny_weights``).
     """
 
-    weights_root: ExistingPath
+    weights_root: Annotated[Path, AfterValidator(lambda p: Path(p).expanduser().resolve())]
     pretrained_stage1_path: ExistingPath | None = None
+    tiny_weights_seed: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _weights_exist(self) -> "DiffuEraserModelSettings":
+        if self.tiny_weights_seed is None:
+            _existing(self.weights_root, "weights_root")
+        return self
 
 
 def _known_recipe(recipe: str) -> str:

@@ -57,6 +57,9 @@ class Recipe(Protocol):
     parent_checkpoint: Path | None
     manifest_path: Path | None
 
+    @classmethod
+    def prepare(cls, cfg: TrainConfig) -> None:
+        """On the driver, once, before any worker starts (e.g. write tiny demo weights)."""
     def __init__(self, cfg: TrainConfig, ctx: WorkerContext) -> None: ...
     def setup(self, checkpoint: Path | None) -> None: ...
     def train(self) -> None: ...
@@ -272,10 +275,10 @@ class TrainLoop:
             self.logger.log_artifact(tmp, "validation")
 
     def _export(self) -> Path:
-        """Export the final checkpoint and log it as the MLflow artifact ``model``."""
-        checkpoint = self.cfg.run_dir / checkpoint_dir_name(self.progress.step)
-        out = self.cfg.run_dir / "export" / f"step_{self.progress.step:08d}"
-        type(self.recipe).export(self.cfg, checkpoint, out)
+        """Export the final checkpoint (as ``vipo export`` would) and log it as the MLflow artifact ``model``."""
+        from vipo.train.export import export
+
+        out = export(self.cfg.run_dir, self.progress.step)
         self.logger.log_artifact(out, "model")
         self.logger.set_tags({"vipo.export_dir": str(out)})
         return out

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from vipo.config import dump_config
 from vipo.tracking import init_ray
 from vipo.train.config import TrainConfig
-from vipo.train.recipes import recipe_module
+from vipo.train.recipes import get_recipe, recipe_module
 
 if TYPE_CHECKING:
     from ray.train import Result
@@ -50,4 +50,5 @@ def fit(cfg: TrainConfig) -> "Result":
     fail more than ``failure.max_failures`` times (relaunch to resume)."""
     init_ray(cfg.ray)
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    get_recipe(cfg.recipe).prepare(cfg)
     return build_trainer(cfg).fit()

@@ -1,0 +1,114 @@
+"""Stage 1: DiffuEraser's image model. The 2-D main UNet and BrushNet are both trained.
+
+``data.clip.nframes`` (10 by default) frames per clip are independent images (N = B·F samples) sharing one
+timestep per clip; loss = ε-prediction MSE on the SD1.5 DDPM schedule; AdamW at ``optim.lr`` (5e-6 fine-tune
+default, seed 002). Starts from ``model.pretrained_stage1_path`` (``unet_main/`` + ``brushnet/``) when given,
+else from SD1.5's UNet and the layout's released BrushNet, as upstream's stage-1 script does.
+
+Launch: ``vipo train jobs/configs/stage1_demo.yaml`` (tiny models, CPU) or ``jobs/configs/stage1.yaml``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from vipo.data import FinetuneDataConfig, FinetuneDataset
+from vipo.models.unet_brushnet import BrushNetUNet
+from vipo.train.checkpointing import WEIGHTS_DIR
+from vipo.train.config import DiffuEraserModelSettings, TrainConfig
+from vipo.train.diffueraser import (
+    ValidationClips,
+    apply_model_settings,
+    diffusion_inputs,
+    epsilon_loss,
+    frozen_dtype,
+    load_models,
+    prepare_weights,
+)
+from vipo.train.engine import WorkerContext, build_engine
+from vipo.train.loop import TrainLoop, run_recipe
+
+__all__ = ["Stage1Config", "Stage1Recipe", "train_fn"]
+
+
+class Stage1Config(TrainConfig):
+    recipe: Literal["stage1"] = "stage1"
+    model: DiffuEraserModelSettings
+    data: FinetuneDataConfig
+    loader_workers: int = Field(default=0, ge=0, description="DataLoader processes per training worker.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stage1_nframes(cls, data: Any) -> Any:
+        # Stage 1 trains on 10-frame clips unless the config says otherwise (the data default is stage 2's 22).
+        if isinstance(data, dict) and isinstance(data.get("data"), dict):
+            data["data"].setdefault("clip", {})
+            if isinstance(data["data"]["clip"], dict):
+                data["data"]["clip"].setdefault("nframes", 10)
+        return data
+
+
+class Stage1Recipe:
+    config_class = Stage1Config
+    manifest_path = None
+
+    def __init__(self, cfg: Stage1Config, ctx: WorkerContext):
+        self.cfg, self.ctx = cfg, ctx
+        self.parent_checkpoint = cfg.model.pretrained_stage1_path
+
+    @classmethod
+    def prepare(cls, cfg: Stage1Config) -> None:
+        prepare_weights(cfg.model)
+
+    def setup(self, checkpoint: Path | None) -> None:
+        """Models (resumed weights from ``checkpoint`` if given), engine, data, loop, validation clips."""
+        cfg = self.cfg
+        start = checkpoint / WEIGHTS_DIR if checkpoint else cfg.model.pretrained_stage1_path
+        self.frozen, unet, brushnet = load_models(
+            cfg.model.weights_root, stage=1, device=self.ctx.device, frozen_dtype=frozen_dtype(cfg, self.ctx),
+            unet_path=start / "unet_main" if start else None, brushnet_path=start / "brushnet" if start else None,
+        )
+        apply_model_settings([unet, brushnet], cfg.model)
+        self.engine = build_engine(BrushNetUNet(unet, brushnet), cfg, self.ctx)
+        dataset = FinetuneDataset(cfg.data, self.frozen.tokenizer)
+        self.loop = TrainLoop(self, cfg, self.ctx, self.engine, dataset, checkpoint=checkpoint,
+                              loader_workers=cfg.loader_workers)
+        self.validation = ValidationClips(dataset, cfg.validation) if self.ctx.is_main else None
+
+    def train(self) -> None:
+        self.loop.run()
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        inputs = diffusion_inputs(batch, self.frozen, self.ctx.device, self.loop.noise)
+        loss = epsilon_loss(self.engine.module, inputs, self.frozen.scheduler, self.engine.input_dtype,
+                            temporal=False)
+        return loss, {}
+
+    def save_checkpoint(self, directory: Path) -> None:
+        self.engine.model.unet.save_pretrained(directory / "unet_main")
+        self.engine.model.brushnet.save_pretrained(directory / "brushnet")
+
+    def validate(self, step: int) -> dict:
+        return self.validation.run(self.frozen, self.engine.model)
+
+    def cleanup(self) -> None:
+        for name in ("loop", "engine", "frozen", "validation"):
+            self.__dict__.pop(name, None)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    @classmethod
+    def export(cls, cfg: Stage1Config, checkpoint: Path, out_dir: Path) -> None:
+        """``unet_main/`` (UNet2DConditionModel) and ``brushnet/``: the checkpoint's folders as they are."""
+        for name in ("unet_main", "brushnet"):
+            shutil.copytree(checkpoint / WEIGHTS_DIR / name, out_dir / name, dirs_exist_ok=True)
+
+
+def train_fn(config: dict) -> None:
+    """The function Ray Train runs on every worker."""
+    run_recipe(Stage1Recipe, config)
