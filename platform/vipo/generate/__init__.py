@@ -1,1 +1,49 @@
-"""vipo.generate"""
+"""Preference-data generation: negatives of video clips made by actor pools on Ray Data, written as shards.
+
+Per clip window: decode, K random moving holes seeded from the sample ids, each configured negative kind
+(:mod:`vipo.generate.kinds`) per hole and seed, scores against the ground truth, the quality gate and band, then
+encoded rows (raw and hard-composited negatives) into shards with a manifest that keeps every candidate's scores.
+:func:`generate` runs it; ``jobs/generate.py`` is the ``vipo generate`` entry point.
+"""
+
+from vipo.generate.candidates import Candidate, QualityBand, QualityGate, Scorer, hard_composite, judge
+from vipo.generate.config import GenerateConfig, StageConfig
+from vipo.generate.job import ErrorBudgetExceeded, Executor, OutputExistsError, generate, shards_dir
+from vipo.generate.kinds import KIND_REGISTRY, Clip, KindConfig, KindOutput, NegativeKind, register_kind
+from vipo.generate.models import MODEL_LOADERS, ModelLoadError, ModelSpec
+from vipo.generate.plan import SampleResult, WorkItem, WorkResult, derive_seed, plan_work
+from vipo.generate.stages import GenerateStage, Resources, build_stages, run_in_process
+
+__all__ = [
+    "KIND_REGISTRY",
+    "MODEL_LOADERS",
+    "Candidate",
+    "Clip",
+    "ErrorBudgetExceeded",
+    "Executor",
+    "GenerateConfig",
+    "GenerateStage",
+    "KindConfig",
+    "KindOutput",
+    "ModelLoadError",
+    "ModelSpec",
+    "NegativeKind",
+    "OutputExistsError",
+    "QualityBand",
+    "QualityGate",
+    "Resources",
+    "SampleResult",
+    "Scorer",
+    "StageConfig",
+    "WorkItem",
+    "WorkResult",
+    "build_stages",
+    "derive_seed",
+    "generate",
+    "hard_composite",
+    "judge",
+    "plan_work",
+    "register_kind",
+    "run_in_process",
+    "shards_dir",
+]

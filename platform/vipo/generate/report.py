@@ -1,0 +1,116 @@
+"""What a generation run reports: counts, skip reasons, seconds per clip per kind, the per-kind quality gate,
+and a contact sheet (GT | hole | each negative) that shows at a glance whether the negatives are visibly worse.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from vipo.data.images import decode_image
+from vipo.generate.candidates import TOO_CLOSE, QualityGate
+from vipo.generate.plan import WorkResult
+
+__all__ = ["PSNR_CAP", "RunStats", "contact_sheet"]
+
+PSNR_CAP = 100.0
+"""Hole PSNR is capped here in averages: a negative identical to the GT in the hole has infinite PSNR."""
+
+
+@dataclass
+class RunStats:
+    """Accumulates what the driver sees while results stream in."""
+
+    clips_planned: int
+    clips_processed: int = 0
+    clips_failed: int = 0
+    samples_written: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    seconds: Counter = field(default_factory=Counter)
+    clips_timed: int = 0
+    psnr: dict[str, list[float]] = field(default_factory=dict)
+    selected_psnr: dict[str, list[float]] = field(default_factory=dict)
+    too_close: Counter = field(default_factory=Counter)
+
+    def add_result(self, result: WorkResult) -> None:
+        self.clips_processed += 1
+        if result.error is not None:
+            self.clips_failed += 1
+            return
+        self.clips_timed += 1
+        self.seconds.update(result.seconds)
+        for sample in result.samples.values():
+            for candidate in sample.candidates:
+                psnr = min(candidate["scores"]["psnr"], PSNR_CAP)
+                self.psnr.setdefault(candidate["kind"], []).append(psnr)
+                if candidate["selected"]:
+                    self.selected_psnr.setdefault(candidate["kind"], []).append(psnr)
+                if TOO_CLOSE in candidate["flags"]:
+                    self.too_close[candidate["kind"]] += 1
+
+    def skip(self, reason: str, count: int = 1) -> None:
+        # Counted by the reason's head ("too few frames: 12 < 22 (/v)" → "too few frames"), as SkipLog does.
+        self.skipped[reason.split(":", 1)[0]] += count
+
+    def summary(self, gate: QualityGate) -> dict:
+        """The run's summary (JSON-able): counts, skips by reason, seconds per clip, quality gate per kind."""
+        per_clip = {name: total / self.clips_timed for name, total in sorted(self.seconds.items())
+                    } if self.clips_timed else {}
+        gate_report = {}
+        for kind, values in sorted(self.psnr.items()):
+            selected = self.selected_psnr.get(kind, [])
+            mean = float(np.mean(values))
+            gate_report[kind] = {
+                "candidates": len(values),
+                "selected": len(selected),
+                "hole_psnr_mean": mean,
+                "selected_hole_psnr_mean": float(np.mean(selected)) if selected else None,
+                "too_close_fraction": self.too_close[kind] / len(values),
+                "too_close_to_gt": mean > gate.max_psnr,
+            }
+        return {
+            "clips_planned": self.clips_planned,
+            "clips_processed": self.clips_processed,
+            "clips_failed": self.clips_failed,
+            "samples_written": self.samples_written,
+            "samples_skipped": sum(self.skipped.values()),
+            "skipped_by_reason": dict(self.skipped),
+            "seconds_per_clip": per_clip,
+            "quality_gate": {"max_psnr": gate.max_psnr, "kinds": gate_report},
+        }
+
+
+def _label(tile: np.ndarray, text: str) -> np.ndarray:
+    """Put ``text`` in a strip above a (H,W,3) tile; the font scales with the tile width."""
+    scale = max(tile.shape[1] / 256, 0.3)
+    strip = np.full((int(24 * scale) + 4, tile.shape[1], 3), 255, np.uint8)
+    cv2.putText(strip, text[:32], (2, strip.shape[0] - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (0, 0, 0),
+                1, cv2.LINE_AA)
+    return np.concatenate([strip, tile])
+
+
+def contact_sheet(rows: list[dict]) -> np.ndarray:
+    """One line per shard row: GT | hole | each selected negative's composite, at the clip's middle frame.
+
+    Returns uint8 (H', W', 3). Columns follow the first row's kinds; a kind missing in a row is a grey tile.
+    """
+    if not rows:
+        raise ValueError("contact_sheet: no rows")
+    kinds = list(dict.fromkeys(n["kind"] for row in rows for n in row["negatives"] if n["composited"]))
+    lines = []
+    for row in rows:
+        index = len(row["frames"]) // 2
+        gt = decode_image(row["frames"][index], row["clip_id"])
+        hole = decode_image(row["masks"][index], row["clip_id"], grey=True)
+        tiles = [_label(gt, row["clip_id"]), _label(np.repeat(hole[..., None], 3, axis=2), "hole")]
+        composites = {n["kind"]: n for n in row["negatives"] if n["composited"]}
+        for kind in kinds:
+            negative = composites.get(kind)
+            tile = (decode_image(negative["frames"][index], row["clip_id"]) if negative
+                    else np.full_like(gt, 128))
+            tiles.append(_label(tile, kind))
+        lines.append(np.concatenate(tiles, axis=1))
+    return np.concatenate(lines, axis=0)
