@@ -55,7 +55,9 @@ def noisy_pair() -> tuple[torch.Tensor, torch.Tensor]:
 def test_full_frame_psnr_ssim_equal_skimage(noisy_pair):
     pred, target = noisy_pair
     p, t = _channel_last(pred), _channel_last(target)
-    ref_psnr = [np.mean([peak_signal_noise_ratio(t[b, f], p[b, f], data_range=1.0) for f in range(3)]) for b in range(2)]
+    ref_psnr = [
+        np.mean([peak_signal_noise_ratio(t[b, f], p[b, f], data_range=1.0) for f in range(3)]) for b in range(2)
+    ]
     ref_ssim = [
         np.mean(
             [
@@ -105,6 +107,8 @@ def test_masked_ssim_is_the_skimage_map_averaged_over_the_mask(noisy_pair):
     mask[..., 3:25, 10:30] = 1  # partly inside the 5 px border that skimage's map does not cover
     mask[1, 2] = 0
     ours = masked_ssim(pred, target, mask)
+    # Frame by frame (one chunk per frame, one of them empty) crops differently but must agree.
+    torch.testing.assert_close(masked_ssim(pred, target, mask, frame_chunk=1), ours, rtol=0, atol=1e-12, equal_nan=True)
     p, t, m = _channel_last(pred), _channel_last(target), mask[:, :, 0].numpy().astype(bool)
     interior = np.zeros((40, 48), bool)
     interior[5:-5, 5:-5] = True
@@ -166,7 +170,8 @@ def test_get_lpips_loads_a_local_backbone_and_refuses_without_one(random_lpips, 
     get_lpips.cache_clear()  # nets cached by earlier calls must not hide the missing-weights path
     with pytest.raises(FileNotFoundError, match=backbone_checkpoint_name("alex")):
         get_lpips("alex")
-    trunk = {k: v for k, v in models.alexnet().state_dict().items() if k.startswith("features.")}  # as torchvision names it
+    # The trunk's tensors under torchvision's own names (the classifier is not needed).
+    trunk = {k: v for k, v in models.alexnet().state_dict().items() if k.startswith("features.")}
     checkpoint = tmp_path / "alexnet.pth"
     torch.save(trunk, checkpoint)
     net = get_lpips("alex", backbone_weights=checkpoint)
@@ -183,9 +188,8 @@ def _panning_video(frames: int, step: tuple[int, int], size: tuple[int, int] = (
     h, w = size
     canvas = _smooth_video((1, 1, 3, h + frames * dy, w + frames * dx), seed=5)[0, 0]
     # Frame t shows the canvas shifted so that frame t+1 at p + step equals frame t at p.
-    return torch.stack(
-        [canvas[:, (frames - t) * dy : (frames - t) * dy + h, (frames - t) * dx : (frames - t) * dx + w] for t in range(frames)]
-    )[None]
+    offsets = [((frames - t) * dy, (frames - t) * dx) for t in range(frames)]
+    return torch.stack([canvas[:, y : y + h, x : x + w] for y, x in offsets])[None]
 
 
 def _flicker(video: torch.Tensor, amplitude: float) -> torch.Tensor:
@@ -235,7 +239,8 @@ def test_dis_flow_recovers_translation():
 
 def test_raft_flow_from_local_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    gt = _panning_video(frames=2, step=(1, 1), size=(60, 68)).float()  # under 128 px and not a multiple of 8: padded inside
+    # Under 128 px and not a multiple of 8: padded inside.
+    gt = _panning_video(frames=2, step=(1, 1), size=(60, 68)).float()
     with pytest.raises(FileNotFoundError, match="raft_weights"):
         warping_error(gt, gt, flow="raft")
     torch.manual_seed(0)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from evaluation.metrics.inputs import VideoLike, mean_over_scored_frames, to_mask_tensor, to_video_tensor
@@ -61,12 +60,27 @@ def masked_psnr(
     return mean_over_scored_frames(psnr, pixels > 0)
 
 
-def _gaussian_window(dtype: torch.dtype, device: torch.device) -> Tensor:
+def _gaussian_taps() -> list[float]:
     """The 1-D Gaussian of skimage/scipy (σ 1.5, truncate 3.5 → radius 5, 11 taps), normalised to sum 1."""
-    radius = SSIM_WINDOW // 2
-    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    offsets = torch.arange(SSIM_WINDOW, dtype=torch.float64) - SSIM_WINDOW // 2
     weights = torch.exp(-0.5 * (offsets / SSIM_SIGMA) ** 2)
-    return (weights / weights.sum()).to(dtype=dtype, device=device)
+    return (weights / weights.sum()).tolist()
+
+
+def _gaussian_filter_valid(images: Tensor) -> Tensor:
+    """Separable Gaussian over the last two dims, "valid" positions only: ``(..., H, W)`` → ``(..., H-10, W-10)``.
+
+    A sum of 11 shifted slices per axis: plain fp32 multiply-adds, ~10x faster than a single-channel ``conv2d``
+    on CPU, and never routed through TF32 convolutions on GPU (which would cost SSIM its 1e-4 agreement).
+    """
+    taps = _gaussian_taps()
+    for dim in (-1, -2):
+        size = images.shape[dim] - SSIM_WINDOW + 1
+        filtered = images.narrow(dim, 0, size) * taps[0]
+        for offset in range(1, SSIM_WINDOW):
+            filtered.add_(images.narrow(dim, offset, size), alpha=taps[offset])
+        images = filtered
+    return images
 
 
 def _ssim_map(pred: Tensor, target: Tensor, data_range: float) -> Tensor:
@@ -75,13 +89,9 @@ def _ssim_map(pred: Tensor, target: Tensor, data_range: float) -> Tensor:
     Keeping only the "valid" window positions is skimage's border convention: it crops ``(win_size-1)//2`` px from
     each side before averaging, so the padding mode never matters.
     """
-    n, c, h, w = pred.shape
-    window = _gaussian_window(pred.dtype, pred.device)
-    # One separable filtering pass over the five local statistics, every channel of every frame at once.
-    stats = torch.cat([pred, target, pred * pred, target * target, pred * target]).reshape(5 * n * c, 1, h, w)
-    stats = F.conv2d(stats, window.view(1, 1, 1, -1))
-    stats = F.conv2d(stats, window.view(1, 1, -1, 1))
-    mu_x, mu_y, xx, yy, xy = stats.reshape(5, n, c, h - SSIM_WINDOW + 1, w - SSIM_WINDOW + 1)
+    # One filtering pass over the five local statistics of every channel of every frame.
+    stats = torch.stack([pred, target, pred * pred, target * target, pred * target])
+    mu_x, mu_y, xx, yy, xy = _gaussian_filter_valid(stats)
     var_x, var_y, cov_xy = xx - mu_x * mu_x, yy - mu_y * mu_y, xy - mu_x * mu_y
     c1, c2 = (_SSIM_K1 * data_range) ** 2, (_SSIM_K2 * data_range) ** 2
     numerator = (2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)
@@ -97,7 +107,7 @@ def masked_ssim(
     *,
     region: Region = "hole",
     boundary_px: int = DEFAULT_BOUNDARY_PX,
-    frame_chunk: int = 32,
+    frame_chunk: int = 16,
 ) -> Tensor:
     """Mean of the SSIM map over the scored pixels of each frame, averaged over frames → ``(B,)`` in ``[-1, 1]``.
 
@@ -105,7 +115,7 @@ def masked_ssim(
     channel_axis=-1)``: 11-tap Gaussian window, K1 0.01, K2 0.03, channels averaged. Like skimage it exists only
     where the whole window fits, so scored pixels within 5 px of the frame edge are left out; a frame whose scored
     pixels all lie there counts as empty. Inputs and ``region`` as in :func:`masked_psnr`; frames are processed
-    ``frame_chunk`` at a time to bound memory.
+    ``frame_chunk`` at a time to bound memory, each chunk only over the box its scored pixels need.
     """
     pred, target, scored = prepare_inputs(pred, target, mask, region, boundary_px)
     b, f, c, h, w = pred.shape
@@ -117,7 +127,16 @@ def masked_ssim(
     sums = []
     for start in range(0, b * f, frame_chunk):
         chunk = slice(start, start + frame_chunk)
-        sums.append((_ssim_map(pred[chunk], target[chunk], data_range) * scored[chunk]).sum(dim=(1, 2)))
+        # Only the box spanning the chunk's scored map pixels is filtered (plus the window's reach in the frame).
+        rows = scored[chunk].amax(dim=(0, 2)).nonzero()
+        cols = scored[chunk].amax(dim=(0, 1)).nonzero()
+        if rows.numel() == 0:
+            sums.append(scored.new_zeros(scored[chunk].shape[0]))
+            continue
+        top, bottom, left, right = rows[0].item(), rows[-1].item() + 1, cols[0].item(), cols[-1].item() + 1
+        window = (chunk, slice(None), slice(top, bottom + 2 * crop), slice(left, right + 2 * crop))
+        ssim_map = _ssim_map(pred[window], target[window], data_range)
+        sums.append((ssim_map * scored[chunk, top:bottom, left:right]).sum(dim=(1, 2)))
     pixels = scored.sum(dim=(1, 2))
     per_frame = (torch.cat(sums) / pixels).reshape(b, f)
     return mean_over_scored_frames(per_frame, (pixels > 0).reshape(b, f))

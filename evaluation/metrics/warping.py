@@ -175,7 +175,9 @@ def _raft_checkpoint(raft_weights: str | Path | None) -> Path:
 
 
 @torch.no_grad()
-def estimate_gt_flow(gt: VideoLike, flow: FlowMethod = "dis", raft_weights: str | Path | None = None) -> GroundTruthFlow:
+def estimate_gt_flow(
+    gt: VideoLike, flow: FlowMethod = "dis", raft_weights: str | Path | None = None
+) -> GroundTruthFlow:
     """Forward and backward flow between consecutive frames of ``gt`` ``(B,F,C,H,W)`` in ``[0, 1]`` (or uint8).
 
     ``flow="dis"``: OpenCV DIS, MEDIUM preset, on the CPU. ``flow="raft"``: torchvision ``raft_large`` (12 updates)
