@@ -165,6 +165,21 @@ def test_lpips_full_mask_equals_package_with_same_net(random_lpips):
     assert (masked_lpips(target, target, None, net=random_lpips) == 0).all()
 
 
+def test_masked_lpips_averages_the_package_spatial_map_over_the_mask(random_lpips):
+    target = _smooth_video((1, 2, 3, 48, 48), seed=8).float()
+    pred = _smooth_video((1, 2, 3, 48, 48), seed=9).float()
+    mask = torch.zeros(1, 2, 1, 48, 48)
+    mask[0, 0, :, 10:30, 5:20] = 1  # frame 1 has an empty mask: it is skipped, not averaged in as 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        spatial_net = lpips.LPIPS(net="alex", pnet_rand=True, spatial=True, verbose=False)
+    spatial_net.load_state_dict(random_lpips.state_dict())
+    with torch.no_grad():
+        distance_map = spatial_net(pred[0, :1], target[0, :1], normalize=True)[0, 0]
+    expected = distance_map[mask[0, 0, 0] > 0].mean()
+    assert masked_lpips(pred, target, mask, net=random_lpips).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_get_lpips_loads_a_local_backbone_and_refuses_without_one(random_lpips, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     get_lpips.cache_clear()  # nets cached by earlier calls must not hide the missing-weights path

@@ -119,18 +119,19 @@ def masked_lpips(
     net = get_lpips() if net is None else net
     net.to(pred.device)
     b, f, c, h, w = pred.shape
-    pred, target = pred.reshape(b * f, c, h, w).float(), target.reshape(b * f, c, h, w).float()
     scored = scored.reshape(b * f, 1, h, w).float()
+    pixels = scored.sum(dim=(1, 2, 3))
+    frames = (pixels > 0).nonzero().squeeze(1)  # frames with nothing to score never reach the network
+    pred, target = pred.reshape(b * f, c, h, w)[frames].float(), target.reshape(b * f, c, h, w)[frames].float()
+    sums = torch.zeros_like(pixels)
     spatial = net.spatial
     net.spatial = True  # the package reads this flag in forward(); restored below so a caller's net is unchanged
     try:
-        sums = [
-            (net(pred[i : i + frame_chunk], target[i : i + frame_chunk], normalize=True) * scored[i : i + frame_chunk])
-            .sum(dim=(1, 2, 3))
-            for i in range(0, b * f, frame_chunk)
-        ]
+        for start in range(0, len(frames), frame_chunk):
+            chunk = slice(start, start + frame_chunk)
+            distance = net(pred[chunk], target[chunk], normalize=True)  # (n, 1, H, W)
+            sums[frames[chunk]] = (distance * scored[frames[chunk]]).sum(dim=(1, 2, 3))
     finally:
         net.spatial = spatial
-    pixels = scored.sum(dim=(1, 2, 3))
-    per_frame = (torch.cat(sums) / pixels).reshape(b, f)
+    per_frame = (sums / pixels).reshape(b, f)
     return mean_over_scored_frames(per_frame, (pixels > 0).reshape(b, f))

@@ -7,7 +7,6 @@ that published video-inpainting tables report.
 
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor
 

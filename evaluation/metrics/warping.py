@@ -113,7 +113,8 @@ def _dis_flow(gt: Tensor) -> tuple[Tensor, Tensor]:
     forward, backward = [], []
     for video in frames:
         grey = [
-            cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) if frame.shape[-1] == 3 else frame[..., 0] for frame in video
+            cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) if frame.shape[-1] == 3 else np.ascontiguousarray(frame[..., 0])
+            for frame in video
         ]
         forward.append([dis.calc(a, b, None) for a, b in zip(grey[:-1], grey[1:])])
         backward.append([dis.calc(b, a, None) for a, b in zip(grey[:-1], grey[1:])])
