@@ -30,7 +30,7 @@ def deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
     if ds.zero_stage == 3:
         # Checkpoints and exports need whole tensors; gather them on save instead of writing shards only.
         zero["stage3_gather_16bit_weights_on_model_save"] = True
-    config: dict[str, Any] = {
+    return {
         "train_micro_batch_size_per_gpu": cfg.batch_size,
         "gradient_accumulation_steps": optim.grad_accum,
         "zero_optimization": zero,
@@ -46,9 +46,8 @@ def deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
         "bf16": {"enabled": cfg.precision == "bf16"},
         # loss_scale 0 = dynamic loss scaling, the only sane choice for fp16 diffusion training.
         "fp16": {"enabled": cfg.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        # DeepSpeed clips at 1.0 when the key is absent; 0 is its "off".
+        "gradient_clipping": optim.max_grad_norm or 0.0,
         "steps_per_print": 10**9,  # we log through MLflow, not DeepSpeed's stdout
         "wall_clock_breakdown": False,
     }
-    if optim.max_grad_norm is not None:
-        config["gradient_clipping"] = optim.max_grad_norm
-    return config
