@@ -1,0 +1,144 @@
+"""Stage 1/2 recipes on tiny models, in process (no Ray): overfitting, what trains, batch size 2, export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
+from vipo.models.brushnet import BrushNetModel
+from vipo.models.diffueraser_weights import load_diffueraser_components
+from vipo.models.tiny import write_tiny_weights
+from vipo.train.config import load_train_config
+from vipo.train.engine import WorkerContext
+from vipo.train.export import export
+from vipo.train.recipes import get_recipe
+
+CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
+
+
+@pytest.fixture(scope="module")
+def weights_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny_weights")
+    write_tiny_weights(root, seed=0)
+    return root
+
+
+def make_recipe(stage: str, weights_root: Path, output_dir: Path, *overrides: str):
+    cfg = load_train_config(CONFIGS / f"{stage}_demo.yaml", [
+        f"output_dir={output_dir}", f"model.weights_root={weights_root}", "model.tiny_weights_seed=null",
+        "tracking.enabled=false", "validation.every_n_steps=null", "data.clip.nframes=3", *overrides,
+    ])
+    recipe = get_recipe(cfg.recipe)(cfg, WorkerContext())
+    recipe.setup(None)
+    return recipe
+
+
+def first_batches(recipe, count: int) -> list[dict]:
+    loader = iter(recipe.loop.epoch_loader(0))
+    return [next(loader) for _ in range(count)]
+
+
+def step(recipe, batch) -> tuple[float, float | None]:
+    loss, grad_norm = recipe.engine.micro_step(lambda: recipe.compute_loss(batch)[0])
+    return float(loss), grad_norm
+
+
+def test_stage1_overfits_a_fixed_batch(weights_root, tmp_path):
+    recipe = make_recipe("stage1", weights_root, tmp_path, "optim.lr=1e-3")
+    (batch,) = first_batches(recipe, 1)
+    losses = []
+    for _ in range(8):
+        recipe.loop.noise.manual_seed(0)  # the same timestep and noise every step: a fixed regression target
+        losses.append(step(recipe, batch)[0])
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < 0.6 * losses[0], losses
+    trained = {name for name, p in recipe.engine.model.named_parameters() if p.requires_grad}
+    assert any(n.startswith("unet.") for n in trained) and any(n.startswith("brushnet.") for n in trained)
+
+
+def test_stage2_trains_only_the_motion_modules_with_batch_size_2(weights_root, tmp_path):
+    recipe = make_recipe("stage2", weights_root, tmp_path, "batch_size=2", "optim.lr=1e-3")
+    model = recipe.engine.model
+    motion = {name for name, _ in model.named_parameters() if name.startswith("unet.") and "motion_modules" in name}
+    assert motion and {id(p) for p in recipe.engine.params} == {id(p) for n, p in model.named_parameters() if n in motion}
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    frozen_before = [p.detach().clone() for p in recipe.frozen.vae.parameters()]
+    (batch,) = first_batches(recipe, 1)
+    assert batch["pixel_values"].shape[:2] == (2, 3)
+    for _ in range(2):
+        loss, grad_norm = step(recipe, batch)
+        assert grad_norm is not None and grad_norm > 0 and torch.isfinite(torch.tensor(loss))
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed <= motion, sorted(changed - motion)[:5]
+    assert len(changed) >= 0.9 * len(motion)  # (Adam moves every parameter whose gradient is non-zero)
+    assert all(torch.equal(a, b) for a, b in zip(frozen_before, recipe.frozen.vae.parameters()))
+
+
+def test_batch_of_two_equals_two_accumulated_batches_of_one(weights_root, tmp_path):
+    """One timestep per clip, repeated over its frames for UNet and BrushNet, and noise drawn per clip: a batch
+    of 2 must give the update of 2 accumulated batches of 1 (upstream's per-batch timesteps break this)."""
+    whole = make_recipe("stage2", weights_root, tmp_path / "a", "batch_size=2", "optim.grad_accum=1")
+    split = make_recipe("stage2", weights_root, tmp_path / "b", "batch_size=1", "optim.grad_accum=2")
+    (pair,) = first_batches(whole, 1)
+    singles = first_batches(split, 2)
+    assert torch.equal(pair["pixel_values"], torch.cat([b["pixel_values"] for b in singles]))
+    loss_pair, norm_pair = step(whole, pair)
+    loss_first, norm_none = step(split, singles[0])
+    loss_second, norm_split = step(split, singles[1])
+    assert norm_none is None
+    assert loss_pair == pytest.approx((loss_first + loss_second) / 2, rel=1e-5)
+    assert norm_pair == pytest.approx(norm_split, rel=1e-4)
+    # Adam's first step is ~lr·sign(g): float rounding in a near-zero gradient can move a weight by a fraction of
+    # lr, a per-clip/per-batch mix-up by ~lr. Allow 1% of one step.
+    lr = whole.cfg.optim.lr
+    for a, b in zip(whole.engine.params, split.engine.params):
+        torch.testing.assert_close(a, b, rtol=0, atol=0.01 * lr)
+
+
+def _assert_same_weights(model: torch.nn.Module, reference: torch.nn.Module) -> None:
+    expected = reference.state_dict()
+    got = model.state_dict()
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+def test_stage1_export_round_trip_and_compose(weights_root, tmp_path):
+    stage1 = make_recipe("stage1", weights_root, tmp_path, "optim.max_steps=1")
+    stage1.train()  # outside Ray Train the loop writes the run folder itself and exports at the end
+    out = tmp_path / "stage1-demo" / "export" / "step_00000001"
+    assert out.is_dir()
+    _assert_same_weights(UNet2DConditionModel.from_pretrained(out / "unet_main"), stage1.engine.model.unet)
+    _assert_same_weights(BrushNetModel.from_pretrained(out / "brushnet"), stage1.engine.model.brushnet)
+    loaded = load_diffueraser_components(weights_root, stage=1, unet_path=out / "unet_main",
+                                         brushnet_path=out / "brushnet")
+    _assert_same_weights(loaded["unet"], stage1.engine.model.unet)
+
+    # The hybrid: this stage-1 image model + the layout's motion adapter (a stage-2 "export" folder).
+    stage2_export = tmp_path / "stage2_export"
+    stage2_export.mkdir()
+    MotionAdapter.from_pretrained(weights_root / "animatediff-motion-adapter-v1-5-2").save_pretrained(
+        stage2_export / "motion_adapter")
+    composed = export(tmp_path / "stage1-demo", "latest", compose=stage2_export)
+    assert composed.name == "step_00000001_composed"
+    unet = UNetMotionModel.from_pretrained(composed / "unet_main")
+    expected = UNetMotionModel.from_unet2d(
+        stage1.engine.model.unet, MotionAdapter.from_pretrained(stage2_export / "motion_adapter"))
+    _assert_same_weights(unet, expected)
+
+
+def test_stage2_export_round_trip(weights_root, tmp_path):
+    recipe = make_recipe("stage2", weights_root, tmp_path, "optim.max_steps=2", "optim.lr=1e-3")
+    recipe.train()
+    out = export(tmp_path / "stage2-demo", step=2, out_dir=tmp_path / "exported")
+    assert sorted(p.name for p in out.iterdir()) == ["brushnet", "motion_adapter", "unet_main"]
+    unet = UNetMotionModel.from_pretrained(out / "unet_main")
+    _assert_same_weights(unet, recipe.engine.model.unet)
+    _assert_same_weights(BrushNetModel.from_pretrained(out / "brushnet"), recipe.engine.model.brushnet)
+    loaded = load_diffueraser_components(weights_root, stage=2, unet_path=out / "unet_main",
+                                         brushnet_path=out / "brushnet")
+    _assert_same_weights(loaded["unet"], recipe.engine.model.unet)
+    with pytest.raises(ValueError, match="2-D UNet"):
+        export(tmp_path / "stage2-demo", compose=out)
