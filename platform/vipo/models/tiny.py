@@ -14,6 +14,7 @@ from diffusers import AutoencoderKL, MotionAdapter, PNDMScheduler, UNet2DConditi
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
+from safetensors.torch import save_file
 from tokenizers import pre_tokenizers
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -123,6 +124,13 @@ def tiny_brushnet(unet: UNet2DConditionModel) -> BrushNetModel:
     return brushnet
 
 
+def _save_text_encoder(text_encoder: CLIPTextModel, folder: Path) -> None:
+    """The files ``CLIPTextModel.save_pretrained`` writes; its own ``save_pretrained`` imports DeepSpeed (~10 s)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    text_encoder.config.save_pretrained(folder)
+    save_file(text_encoder.state_dict(), folder / "model.safetensors", metadata={"format": "pt"})
+
+
 def _write_tiny_pcm_lora(unet: UNet2DConditionModel, path: Path) -> None:
     """A random LoRA on the UNet's spatial attention projections, saved in diffusers' LoRA file format."""
     unet.add_adapter(
@@ -155,7 +163,7 @@ def write_tiny_weights(root: str | Path, seed: int = 0) -> DiffuEraserWeights:
     unet.save_pretrained(layout.unet_2d)
     vae.save_pretrained(layout.sd15 / "vae")
     vae.save_pretrained(layout.vae)
-    tiny_text_encoder(tokenizer).save_pretrained(layout.text_encoder)
+    _save_text_encoder(tiny_text_encoder(tokenizer), layout.text_encoder)
     tokenizer.save_pretrained(layout.tokenizer)
     PNDMScheduler(**SD15_SCHEDULER_CONFIG).save_pretrained(layout.scheduler)
     adapter.save_pretrained(layout.motion_adapter)
