@@ -105,7 +105,7 @@ def masked_lpips(
     *,
     region: Region = "hole",
     boundary_px: int = DEFAULT_BOUNDARY_PX,
-    frame_chunk: int = 16,
+    frame_chunk: int | None = None,
 ) -> Tensor:
     """Mean of the LPIPS distance map over the scored pixels of each frame, averaged over frames → ``(B,)``.
 
@@ -113,11 +113,13 @@ def masked_lpips(
     ``lpips.LPIPS`` (default :func:`get_lpips` ``()``: AlexNet); it is moved to the inputs' device, and its map is
     the package's ``spatial=True`` output (per-layer maps upsampled to the frame size and summed), whatever
     ``net.spatial`` was set to. On a full mask this is the package's score up to the bilinear upsampling (~1%).
-    Lower is better; frames are processed ``frame_chunk`` at a time.
+    Lower is better. Frames with a non-empty region go through the network ``frame_chunk`` at a time (default 16
+    on GPU; 2 on CPU, where bigger batches measured ~15% more CPU time per frame).
     """
     pred, target, scored = prepare_inputs(pred, target, mask, region, boundary_px)
     net = get_lpips() if net is None else net
     net.to(pred.device)
+    frame_chunk = frame_chunk or (16 if pred.is_cuda else 2)
     b, f, c, h, w = pred.shape
     scored = scored.reshape(b * f, 1, h, w).float()
     pixels = scored.sum(dim=(1, 2, 3))
