@@ -1,0 +1,180 @@
+"""Stage-3 models: the policy (what trains, by tuning scope), the frozen reference, their checkpoints and export.
+
+Tuning scopes (``tuning.scope``):
+
+- ``lora`` (default, the roadmap's): a peft LoRA on the main UNet's spatial attention projections
+  (:mod:`vipo.models.lora`); UNet base weights, motion modules and BrushNet frozen. The reference is the same
+  UNet with the adapter disabled (no second weight copy).
+- ``full``: what the model's own SFT stage trains, fully — ``model.stage: 1``: the 2-D UNet and BrushNet;
+  ``model.stage: 2``: the motion modules (the research group's best runs, practice.md §3). The reference is a
+  frozen copy loaded from the same parent, optionally kept on CPU between its passes (``reference.offload``).
+
+``reference.path`` replaces the reference by another checkpoint (an export folder) in either scope.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+from diffusers import MotionAdapter
+from pydantic import Field, model_validator
+from torch import nn
+
+from vipo.config import Config, ExistingPath
+from vipo.models.lora import add_spatial_lora, load_lora_weights_into, merge_lora, save_lora
+from vipo.train.config import DiffuEraserModelSettings
+from vipo.train.diffueraser import FrozenEncoders, load_models
+from vipo.train.dpo_step import PairDenoiser, Reference
+
+__all__ = [
+    "LoRASettings",
+    "ReferenceSettings",
+    "Stage3ModelSettings",
+    "TuningSettings",
+    "build_reference",
+    "export_policy",
+    "load_policy",
+    "save_policy",
+]
+
+LORA_DIR = "lora"
+MOTION_ADAPTER_DIR = "motion_adapter"
+
+
+def _check_export_folder(path: Path, what: str, need_brushnet: bool) -> None:
+    if any(path.glob("checkpoint-*")):
+        raise ValueError(f"{what} {path} is a training run folder; export it first (vipo export {path}) and "
+                         "point to the export folder")
+    needed = ("unet_main", "brushnet") if need_brushnet else ("unet_main",)
+    missing = [name for name in needed if not (path / name / "config.json").is_file()]
+    if missing:
+        raise ValueError(f"{what} {path} lacks {', '.join(f'{m}/' for m in missing)}: expected an export folder "
+                         "(vipo export of a stage-1/2 run, or the layout's diffuEraser/ folder)")
+
+
+class Stage3ModelSettings(DiffuEraserModelSettings):
+    """Which DiffuEraser model stage 3 tunes and where it starts.
+
+    ``stage``: 2 tunes the video model (``UNetMotionModel``), 1 the image model (2-D UNet; export it with
+    ``vipo export --compose <stage-2 run>`` for the DPO-stage-1 + SFT-stage-2 hybrid). ``parent``: an export
+    folder with ``unet_main/`` and ``brushnet/`` (a 2-D ``unet_main`` becomes a motion UNet with the layout's
+    AnimateDiff adapter for stage 2); default, stage 2 only: the layout's released ``diffuEraser/`` folders.
+    """
+
+    stage: Literal[1, 2] = 2
+    parent: ExistingPath | None = None
+
+    @model_validator(mode="after")
+    def _parent_usable(self) -> "Stage3ModelSettings":
+        if self.pretrained_stage1_path is not None:
+            raise ValueError("pretrained_stage1_path is a stage-1/2 setting; stage 3 starts from model.parent")
+        if self.parent is not None:
+            _check_export_folder(self.parent, "model.parent", need_brushnet=True)
+        elif self.stage == 1:
+            raise ValueError("model.stage 1 needs model.parent: a stage-1 export folder (2-D unet_main/ + brushnet/)")
+        return self
+
+
+class LoRASettings(Config):
+    """peft LoRA on the spatial attention projections; alpha/rank scales the update (32/16 = 2)."""
+
+    rank: int = Field(default=16, ge=1)
+    alpha: float = Field(default=32.0, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+
+
+class TuningSettings(Config):
+    scope: Literal["lora", "full"] = "lora"
+    lora: LoRASettings = LoRASettings()
+
+
+class ReferenceSettings(Config):
+    """``path``: an export folder whose ``unet_main/`` (and ``brushnet/``, if present) is the reference instead of
+    the starting weights. ``offload``: keep a separate reference on CPU, moved to the device only for its pass."""
+
+    path: ExistingPath | None = None
+    offload: bool = False
+
+    @model_validator(mode="after")
+    def _usable(self) -> "ReferenceSettings":
+        if self.path is not None:
+            _check_export_folder(self.path, "reference.path", need_brushnet=False)
+        return self
+
+
+def _load(model: Stage3ModelSettings, device: torch.device, dtype: torch.dtype, start: Path | None
+          ) -> tuple[FrozenEncoders, nn.Module, nn.Module]:
+    return load_models(
+        model.weights_root, stage=model.stage, device=device, frozen_dtype=dtype,
+        unet_path=start / "unet_main" if start else None,
+        brushnet_path=start / "brushnet" if start and (start / "brushnet").is_dir() else None,
+    )
+
+
+def load_policy(model: Stage3ModelSettings, tuning: TuningSettings, device: torch.device, frozen_dtype: torch.dtype,
+                weights: Path | None = None) -> tuple[FrozenEncoders, PairDenoiser]:
+    """Frozen encoders and the policy with only the scope's parameters trainable (float32), started from
+    ``model.parent`` or, when resuming, from a checkpoint's ``weights`` folder (:func:`save_policy`)."""
+    full_stage1 = tuning.scope == "full" and model.stage == 1
+    start = weights if full_stage1 and weights is not None else model.parent
+    frozen, unet, brushnet = _load(model, device, frozen_dtype, start)
+    if tuning.scope == "lora":
+        unet.requires_grad_(False)
+        brushnet.requires_grad_(False)
+        add_spatial_lora(unet, tuning.lora.rank, tuning.lora.alpha, tuning.lora.dropout)
+        if weights is not None:
+            load_lora_weights_into(unet, weights / LORA_DIR)
+    elif model.stage == 2:
+        unet.freeze_unet2d_params()
+        brushnet.requires_grad_(False)
+        if weights is not None:
+            motion = MotionAdapter.from_pretrained(weights / MOTION_ADAPTER_DIR, local_files_only=True)
+            unet.load_motion_modules(motion.to(device))
+    return frozen, PairDenoiser(unet, brushnet)
+
+
+def build_reference(model: Stage3ModelSettings, tuning: TuningSettings, reference: ReferenceSettings,
+                    policy: PairDenoiser, device: torch.device, dtype: torch.dtype) -> Reference:
+    """The frozen reference for ``policy`` (the unwrapped module). A separate one is built from files, never copied
+    from the live policy, so a resumed run gets the original reference; its weights take ``dtype``, the policy's
+    (a DeepSpeed bf16 engine casts the policy), so both start bit-identical."""
+    if tuning.scope == "lora" and reference.path is None:
+        return Reference(policy, adapter_off=True)
+    start = reference.path or model.parent
+    _, unet, brushnet = _load(model, torch.device("cpu") if reference.offload else device, torch.float32, start)
+    brushnet_is_frozen = not any(p.requires_grad for p in policy.brushnet.parameters())
+    own_brushnet = (reference.path is not None and (reference.path / "brushnet").is_dir()) or not brushnet_is_frozen
+    denoiser = PairDenoiser(unet, brushnet if own_brushnet else policy.brushnet).requires_grad_(False).eval()
+    own = [unet, brushnet] if own_brushnet else [unet]
+    for module in own:
+        module.to(device="cpu" if reference.offload else device, dtype=dtype)
+    return Reference(denoiser, adapter_off=False, offload=reference.offload, own_modules=own)
+
+
+def save_policy(policy: PairDenoiser, model: Stage3ModelSettings, tuning: TuningSettings, directory: Path) -> None:
+    """Only what trains: ``lora/`` (peft adapter), ``unet_main/`` + ``brushnet/`` (full, stage 1) or
+    ``motion_adapter/`` (full, stage 2)."""
+    if tuning.scope == "lora":
+        save_lora(policy.unet, directory / LORA_DIR)
+    elif model.stage == 1:
+        policy.unet.save_pretrained(directory / "unet_main")
+        policy.brushnet.save_pretrained(directory / "brushnet")
+    else:
+        policy.unet.save_motion_modules(directory / MOTION_ADAPTER_DIR)
+
+
+def export_policy(model: Stage3ModelSettings, tuning: TuningSettings, weights: Path, out_dir: Path) -> None:
+    """Diffusers folders for inference: ``unet_main/`` (LoRA merged in), ``brushnet/``, plus ``lora/`` (the
+    adapter, to load on the parent's ``unet_main`` with :func:`vipo.models.lora.load_lora`) or
+    ``motion_adapter/`` (full stage 2)."""
+    _, policy = load_policy(model, tuning, torch.device("cpu"), torch.float32, weights)
+    policy.requires_grad_(False)
+    if tuning.scope == "lora":
+        save_lora(policy.unet, out_dir / LORA_DIR)
+        merge_lora(policy.unet)
+    elif model.stage == 2:
+        policy.unet.save_motion_modules(out_dir / MOTION_ADAPTER_DIR)
+    policy.unet.save_pretrained(out_dir / "unet_main")
+    policy.brushnet.save_pretrained(out_dir / "brushnet")

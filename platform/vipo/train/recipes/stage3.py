@@ -1,0 +1,172 @@
+"""Stage 3: Region-Reg-DPO (or the log-ratio variant) on preference shards, LoRA on the main UNet by default.
+
+Each step (``shared/specs/dpo.md`` §2, §5): winner = ground truth, loser = the shard's chosen negative; one t and
+one ε per pair; the policy runs once on [winner; loser], the reference (the same UNet with its LoRA disabled, or
+a frozen copy) once under ``no_grad``; the loss (``loss.kind``, :mod:`vipo.losses`) runs in fp32 outside autocast.
+Every loss statistic goes to MLflow each step as ``dpo/<name>`` (``dpo/dgr`` is β′σ(β′s), the analytic DPO
+weight); the shared loop's ``grad_norm`` is the parameter-gradient norm *before* clipping. Health checks
+(:class:`vipo.losses.DPOHealthMonitor`) stop the run at step 0 if policy and reference disagree, and flag a
+collapsed DGR or a loss stuck at ln 2 in the log and as MLflow tags ``vipo.health.<code>``.
+
+Tuning scope, reference and starting weights: :mod:`vipo.train.dpo_models`. The SFT-only control is
+``loss.alpha: [0, 0, 0]`` with a non-zero ``loss.rho``.
+
+Launch: ``vipo generate jobs/configs/generate_demo.yaml`` then ``vipo train jobs/configs/stage3_dpo_demo.yaml``
+(tiny models, CPU), or ``jobs/configs/stage3_dpo.yaml`` / ``stage3_log_ratio.yaml`` (full size).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+from tqdm import tqdm
+
+from vipo.data import MANIFEST_NAME, DPODataConfig, DPODataset
+from vipo.losses import DPOHealthMonitor, DPOLossConfig, RegionRegDPOLossConfig, compute_dpo_loss, summarize_stats
+from vipo.models.diffueraser_weights import DiffuEraserWeights
+from vipo.train.checkpointing import WEIGHTS_DIR
+from vipo.train.config import TrainConfig, ValidationSettings
+from vipo.train.diffueraser import ValidationClips, apply_model_settings, frozen_dtype, prepare_weights
+from vipo.train.dpo_models import (
+    ReferenceSettings,
+    Stage3ModelSettings,
+    TuningSettings,
+    build_reference,
+    export_policy,
+    load_policy,
+    save_policy,
+)
+from vipo.train.dpo_step import pair_predictions, preference_inputs
+from vipo.train.engine import WorkerContext, build_engine
+from vipo.train.loop import TrainLoop, run_recipe
+
+__all__ = ["ShardValidationClips", "Stage3Config", "Stage3Recipe", "train_fn"]
+
+LATENT_FACTOR = 8
+
+
+class Stage3Config(TrainConfig):
+    recipe: Literal["stage3"] = "stage3"
+    model: Stage3ModelSettings
+    tuning: TuningSettings = TuningSettings()
+    reference: ReferenceSettings = ReferenceSettings()
+    loss: DPOLossConfig = RegionRegDPOLossConfig()
+    data: DPODataConfig
+    loader_workers: int = Field(default=0, ge=0, description="DataLoader processes per training worker.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _latent_regions(cls, data: Any) -> Any:
+        # The loss compares latents, so its regions are at latent resolution unless the config says otherwise.
+        if isinstance(data, dict) and isinstance(data.get("data"), dict):
+            data["data"].setdefault("region_scale", LATENT_FACTOR)
+        return data
+
+    @model_validator(mode="after")
+    def _consistent_stage3(self) -> "Stage3Config":
+        if self.data.region_scale != LATENT_FACTOR:
+            raise ValueError(f"data.region_scale must be {LATENT_FACTOR}: the DPO loss takes regions at latent "
+                             "resolution")
+        if self.reference.offload and self.tuning.scope == "lora" and self.reference.path is None:
+            raise ValueError("reference.offload needs a separate reference (tuning.scope: full or reference.path); "
+                             "the LoRA reference is the policy itself")
+        if self.validation.videos:
+            raise ValueError("stage 3 validates on the first validation.num_videos preference clips; "
+                             "validation.videos is not supported")
+        return self
+
+
+class ShardValidationClips(ValidationClips):
+    """The shared validation (:class:`ValidationClips`) on the first ``settings.num_videos`` preference clips:
+    their ground-truth frames and stored holes, at the stored size."""
+
+    def __init__(self, dataset: DPODataset, settings: ValidationSettings):
+        self.settings = settings
+        self.clips: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for index in range(min(settings.num_videos, len(dataset))):
+            raw = dataset.load_raw(index, epoch=0)
+            self.clips[raw["clip_id"].replace("/", "_").replace("#", "_")] = (raw["pos"], raw["hole"])
+
+
+class Stage3Recipe:
+    config_class = Stage3Config
+
+    def __init__(self, cfg: Stage3Config, ctx: WorkerContext):
+        self.cfg, self.ctx = cfg, ctx
+        self.parent_checkpoint: Path = cfg.model.parent or DiffuEraserWeights(cfg.model.weights_root).unet_main.parent
+        self.manifest_path: Path = cfg.data.shards / MANIFEST_NAME
+        self._checked_step = -1
+
+    @classmethod
+    def prepare(cls, cfg: Stage3Config) -> None:
+        prepare_weights(cfg.model)
+
+    def setup(self, checkpoint: Path | None) -> None:
+        """Policy (resumed from ``checkpoint`` if given), engine, reference, health monitor, data, loop."""
+        cfg, ctx = self.cfg, self.ctx
+        weights = checkpoint / WEIGHTS_DIR if checkpoint else None
+        self.frozen, policy = load_policy(cfg.model, cfg.tuning, ctx.device, frozen_dtype(cfg, ctx), weights)
+        trained = [m for m in (policy.unet, policy.brushnet) if any(p.requires_grad for p in m.parameters())]
+        apply_model_settings(trained, cfg.model)
+        self.engine = build_engine(policy, cfg, ctx)
+        self.reference = build_reference(cfg.model, cfg.tuning, cfg.reference, self.engine.model, ctx.device,
+                                         self.engine.input_dtype)
+        self.health = DPOHealthMonitor(dpo_active=cfg.loss.has_dpo_term, identical_start=cfg.reference.path is None)
+        dataset = DPODataset(cfg.data, self.frozen.tokenizer)
+        self.loop = TrainLoop(self, cfg, ctx, self.engine, dataset, checkpoint=checkpoint,
+                              loader_workers=cfg.loader_workers)
+        self.validation = ShardValidationClips(dataset, cfg.validation) if ctx.is_main else None
+
+    def train(self) -> None:
+        self.loop.run()
+
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        inputs = preference_inputs(batch, self.frozen, self.ctx.device, self.loop.noise)
+        predictions = pair_predictions(self.engine.module, self.engine.model, self.reference, inputs,
+                                       self.frozen.scheduler, self.engine.input_dtype)
+        # bf16 keeps ~3 digits; Δ ≈ 1e-4 on an MSE of ≈ 0.1 needs the loss path in fp32 (dpo.md §6.5).
+        with torch.autocast(self.ctx.device.type, enabled=False):
+            loss, stats = compute_dpo_loss(
+                self.cfg.loss, inputs.per_pair(inputs.noise), predictions.policy_win, predictions.policy_lose,
+                predictions.ref_win, predictions.ref_lose, inputs.regions, inputs.timesteps,
+                self.frozen.scheduler.alphas_cumprod,
+            )
+        self._check_health(stats)
+        return loss, summarize_stats(stats, prefix="dpo/")
+
+    def _check_health(self, stats: dict[str, torch.Tensor]) -> None:
+        """Once per optimiser step (its first micro-batch); raises ``DPOHealthError`` at step 0 on a setup bug."""
+        step = self.loop.progress.step
+        if step == self._checked_step:
+            return
+        self._checked_step = step
+        for warning in self.health.check(step, stats):
+            tqdm.write(f"warning: DPO health [{warning.code}] {warning.message}")
+            self.loop.logger.set_tags({f"vipo.health.{warning.code}": warning.message})
+
+    def save_checkpoint(self, directory: Path) -> None:
+        save_policy(self.engine.model, self.cfg.model, self.cfg.tuning, directory)
+
+    def validate(self, step: int) -> dict:
+        return self.validation.run(self.frozen, self.engine.model)
+
+    def cleanup(self) -> None:
+        for name in ("loop", "engine", "reference", "frozen", "validation"):
+            self.__dict__.pop(name, None)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    @classmethod
+    def export(cls, cfg: Stage3Config, checkpoint: Path, out_dir: Path) -> None:
+        """``unet_main/`` (LoRA merged), ``brushnet/``, and ``lora/`` or ``motion_adapter/`` (see
+        :func:`vipo.train.dpo_models.export_policy`)."""
+        export_policy(cfg.model, cfg.tuning, checkpoint / WEIGHTS_DIR, out_dir)
+
+
+def train_fn(config: dict) -> None:
+    """The function Ray Train runs on every worker."""
+    run_recipe(Stage3Recipe, config)
