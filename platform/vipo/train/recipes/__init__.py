@@ -19,6 +19,7 @@ __all__ = ["RECIPES", "get_recipe", "recipe_module"]
 RECIPES: dict[str, str] = {
     "stage1": "vipo.train.recipes.stage1:Stage1Recipe",
     "stage2": "vipo.train.recipes.stage2:Stage2Recipe",
+    "stage3": "vipo.train.recipes.stage3:Stage3Recipe",
 }
 
 
