@@ -262,7 +262,8 @@ def test_2d_residuals_are_added_where_the_spec_says(tiny_models):
     # skips: the last up block consumes skip 1 (layer 0 of down block 0) and skip 0 (conv_in, pre-add)
     close(recorder.input("up_blocks.3.resnets.1")[:, -16:], recorder.output("down_blocks.0.attentions.0") + down[1])
     close(recorder.input("up_blocks.3.resnets.2")[:, -16:], conv_in)
-    close(recorder.input("up_blocks.0.resnets.0")[:, :32], recorder.output("mid_block") + residuals.mid_block_res_sample)
+    mid = residuals.mid_block_res_sample
+    close(recorder.input("up_blocks.0.resnets.0")[:, :32], recorder.output("mid_block") + mid)
     close(recorder.input("up_blocks.0.resnets.1")[:, :32], recorder.output("up_blocks.0.resnets.0") + up[0])
     close(recorder.input("up_blocks.1.resnets.0")[:, :32], recorder.output("up_blocks.0.upsamplers.0") + up[3])
 

@@ -297,8 +297,9 @@ class DiffuEraserPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
     def use_pcm_lora(self, lora_file: str | Path, fuse: bool = True) -> None:
         """Load a PCM LoRA into the main UNet (peft, diffusers' loaders) and switch to the TCD sampler.
 
-        With ``fuse`` the LoRA is merged into the UNet weights and its layers removed, so the UNet is a plain
-        model again (faster; other adapters can be added on top). BrushNet gets no LoRA, as upstream.
+        With ``fuse`` the LoRA is merged into the UNet weights and every LoRA layer is removed, so the UNet is a
+        plain model again (faster); add other adapters (e.g. a stage-3 LoRA) after this call, not before.
+        BrushNet gets no LoRA, as upstream.
         """
         lora_file = require_path(Path(lora_file).expanduser(), "PCM LoRA")
         self.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name, adapter_name="pcm")
@@ -334,7 +335,8 @@ class DiffuEraserPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
             raise ValueError(f"frames must be a uint8 (F, H, W, 3) RGB array, got {_describe(frames)}")
         if not isinstance(hole_masks, np.ndarray) or hole_masks.dtype != bool or hole_masks.shape != frames.shape[:3]:
-            raise ValueError(f"hole_masks must be a bool {frames.shape[:3]} array (True = hole), got {_describe(hole_masks)}")
+            expected = f"a bool {frames.shape[:3]} array (True = hole)"
+            raise ValueError(f"hole_masks must be {expected}, got {_describe(hole_masks)}")
         if prior is not None and (
             not isinstance(prior, np.ndarray) or prior.dtype != np.uint8 or prior.shape != frames.shape
         ):
@@ -527,7 +529,7 @@ class _Sampler:
             predictions = []
             for first in range(0, len(starts), self.windows_per_batch):
                 batch = starts[first : first + self.windows_per_batch]
-                frames = torch.cat([torch.arange(start, start + window) for start in batch])
+                frames = torch.cat([torch.arange(start, start + window) for start in batch]).to(latents.device)
                 noise_pred = self.denoiser(
                     model_input[frames], timestep, self.prompt_embeds, conditioning[frames], num_frames=window
                 )
