@@ -1,0 +1,141 @@
+"""``vipo evaluate``: score methods on a benchmark and write the comparison report; ``vipo evaluate compare``.
+
+:func:`evaluate`: materialise the benchmark once → for each method, the clips without stored scores run on a Ray
+Data actor pool (inference + every metric in the same actor) → one MLflow run per (benchmark, method) → the
+report (baseline and candidates from this same pass) as files and as an MLflow run. :func:`compare` rebuilds the
+report of a benchmark from the MLflow runs alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from evaluation.benchmark import Benchmark, materialize
+from evaluation.cache import ResultCache
+from evaluation.config import CompareConfig, EvaluateConfig
+from evaluation.methods import MethodConfig
+from evaluation.report import Report, build_report
+from evaluation.results import MethodResult
+from evaluation.runs import find_benchmark_runs, log_compare_run, log_method_run
+from evaluation.scoring import METRICS, ScoringConfig
+from evaluation.stage import EvaluateStage
+from vipo.config import ConfigError, config_hash
+from vipo.tracking import init_ray, resolve_tracking_uri, run_identity
+
+__all__ = ["Evaluation", "compare", "evaluate", "scoring_hash"]
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate` produced: the benchmark, each method's results (baseline first), the report."""
+
+    benchmark: Benchmark
+    results: list[MethodResult]
+    report: Report
+
+
+def scoring_hash(scoring: ScoringConfig) -> str:
+    text = json.dumps(scoring.identity(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _evaluate_method(config: EvaluateConfig, method: MethodConfig, benchmark: Benchmark, cache: ResultCache,
+                     scores_key: str) -> MethodResult:
+    """Scores of every clip for ``method``: stored ones reused (unless ``reuse_cache`` is off), the rest run."""
+    from evaluation.adapter import run_on_ray  # Ray Data only once there is work for it
+
+    method_hash = method.method_hash()
+    prior = method.prior_method()
+    cache.write_method(benchmark.hash, method_hash, {"label": method.label, "identity": method.identity()})
+    stored = cache.load_scores(benchmark.hash, method_hash, scores_key, benchmark.clip_ids) \
+        if config.reuse_cache else {}
+    todo = [clip_id for clip_id in benchmark.clip_ids if clip_id not in stored]
+    if todo:
+        stage = EvaluateStage(method, method_hash, prior.method_hash() if prior else None, config.scoring,
+                              scores_key, benchmark.root, cache.root, reuse_predictions=config.reuse_cache)
+        for scores in tqdm(run_on_ray(stage, todo), total=len(todo), desc=f"evaluate {method.label}", unit="clip"):
+            cache.save_scores(benchmark.hash, method_hash, scores_key, scores)
+            stored[scores.clip_id] = scores
+    print(f"{method.label}: {len(todo)} clips evaluated, {len(benchmark.clip_ids) - len(todo)} from the cache")
+    return MethodResult(method.label, method.kind, method_hash, method.checkpoint_hash(),
+                        {clip_id: stored[clip_id] for clip_id in benchmark.clip_ids},
+                        cache.method_dir(benchmark.hash, method_hash) / "predictions")
+
+
+def _print_means(report: Report, metrics: list[str]) -> None:
+    width = max(len(label) for label in report.means) + 2
+    print("method".ljust(width) + "".join(f"{m:>14}" for m in metrics))
+    for label, means in report.means.items():
+        print(label.ljust(width) + "".join(f"{means[m]:>14.4f}" for m in metrics))
+    print(f"report: {report.index}")
+
+
+def evaluate(config: EvaluateConfig) -> Evaluation:
+    """Run the evaluation of ``config`` (see the module docstring) → :class:`Evaluation`."""
+    init_ray(config.ray)
+    output_dir = config.output_dir
+    benchmark = materialize(config.benchmark, output_dir / "benchmarks")
+    print(f"benchmark {benchmark.name} {benchmark.hash}: {len(benchmark.clips)} clips, {benchmark.num_frames} "
+          f"frames at {benchmark.width}x{benchmark.height} ({benchmark.root})")
+    cache = ResultCache(output_dir / "results")
+    scores_key = scoring_hash(config.scoring)
+    metrics = list(config.scoring.metrics)
+    results = [_evaluate_method(config, method, benchmark, cache, scores_key) for method in config.methods]
+
+    tracking_uri = resolve_tracking_uri(config.tracking, output_dir) if config.tracking.enabled else None
+    experiment, artifact_root = config.tracking.experiment, output_dir / "mlartifacts"
+    if tracking_uri:
+        tags = run_identity(config)
+        for method, result in zip(config.methods, results):
+            result.run_id = log_method_run(
+                tracking_uri, experiment, artifact_root, benchmark_name=benchmark.name, benchmark_hash=benchmark.hash,
+                benchmark_dir=benchmark.root, scoring_hash=scores_key, scoring=config.scoring, method=method,
+                result=result, metrics=metrics, tags={**tags, "vipo.parent_checkpoint": str(method.checkpoint_path)},
+                reuse=config.reuse_cache)
+    report = build_report(output_dir / "reports" / f"{benchmark.name}-{benchmark.hash}", benchmark_name=benchmark.name,
+                          benchmark_hash=benchmark.hash, results=results, baseline=config.baseline_label,
+                          metrics=metrics, config=config.report, benchmark=benchmark, seed=config.seed)
+    if tracking_uri:
+        log_compare_run(tracking_uri, experiment, artifact_root, benchmark_name=benchmark.name,
+                        benchmark_hash=benchmark.hash, scoring_hash=scores_key, baseline=report.baseline,
+                        report_dir=report.folder, metrics=report.delta_metrics(), tags=run_identity(config))
+    _print_means(report, metrics)
+    ordered = [r for r in results if r.label == report.baseline] + [r for r in results if r.label != report.baseline]
+    return Evaluation(benchmark, ordered, report)
+
+
+def compare(config: CompareConfig) -> Report:
+    """Rebuild the comparison report of ``config.benchmark`` (name or hash) from its MLflow runs."""
+    if config.output_dir is None and not (config.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        raise ConfigError("compare: pass --output-dir (the evaluation's output_dir, which holds mlflow.db) or set "
+                          "MLFLOW_TRACKING_URI / tracking.tracking_uri")
+    output_dir = config.output_dir or Path.cwd()
+    tracking_uri = resolve_tracking_uri(config.tracking, output_dir)
+    runs = find_benchmark_runs(tracking_uri, config.tracking.experiment, config.benchmark)
+    labels = [r.label for r in runs.results]
+    baseline = config.baseline or runs.baseline
+    if baseline is None or baseline not in labels:
+        if config.baseline is not None:
+            raise ConfigError(f"compare: baseline {config.baseline!r} is not among the evaluated methods {labels}")
+        baseline = labels[0]
+    scored = set().union(*(set(s.metrics) for r in runs.results for s in r.scores.values()))
+    metrics = [m for m in METRICS if m in scored]
+    notes = [f"benchmark {runs.benchmark_name} also has runs on other inputs (hashes {runs.other_hashes}); "
+             f"this report uses the latest, {runs.benchmark_hash}"] if runs.other_hashes else []
+    benchmark = Benchmark.open(runs.benchmark_dir) if runs.benchmark_dir is not None else None
+    report = build_report(output_dir / "reports" / f"{runs.benchmark_name}-{runs.benchmark_hash}",
+                          benchmark_name=runs.benchmark_name, benchmark_hash=runs.benchmark_hash,
+                          results=runs.results, baseline=baseline, metrics=metrics, config=config.report,
+                          benchmark=benchmark, seed=config.seed, notes=notes)
+    log_compare_run(tracking_uri, config.tracking.experiment, output_dir / "mlartifacts",
+                    benchmark_name=runs.benchmark_name, benchmark_hash=runs.benchmark_hash,
+                    scoring_hash=runs.scoring_hash, baseline=baseline, report_dir=report.folder,
+                    metrics=report.delta_metrics(), tags={"vipo.config_hash": config_hash(config)})
+    _print_means(report, metrics)
+    return report
