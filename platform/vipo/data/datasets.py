@@ -8,7 +8,7 @@ Each dataset works in two steps, so that the same code serves a torch ``Dataset`
 2. ``collate(batch)`` turns a batch of raw samples (dict of arrays with a leading batch dimension, the form
    ``iter_torch_batches`` hands over) into training tensors: pixels float32 in [-1, 1] shaped (B,F,3,H,W), masks
    float32 (B,F,1,H,W). On a Ray Train worker: ``shard.iter_torch_batches(batch_size=b,
-   collate_fn=dataset.collate)``. ``dataset[i]`` is the same thing for one sample (no batch dimension).
+   collate_fn=dataset.ray_collate_fn())``. ``dataset[i]`` is the same thing for one sample (no batch dimension).
 
 Randomness (clip window, reversal, mask, empty prompt, negative choice) comes from ``(seed, epoch, key)`` only, so
 a sample is reproducible whichever worker loads it; the key is the index, or the clip id for shard rows. Call
@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import abc
 import logging
-import zlib
-from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Sequence
+from typing import Annotated, Any, Callable, Sequence
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -35,6 +33,7 @@ import torch
 from pydantic import Field, model_validator
 
 from vipo.config import Config, ExistingPath
+from vipo.data.decode import DPORowDecoder, NegativePolicy, RayRowGroupDecoder, sample_rng
 from vipo.data.errors import BadSample, DataError, SkipLog
 from vipo.data.sampling import (
     ClipSamplingConfig,
@@ -44,7 +43,7 @@ from vipo.data.sampling import (
     sample_window,
     vae_frame_indices,
 )
-from vipo.data.shards import Manifest, decode_frames, decode_hole, open_shard
+from vipo.data.shards import Manifest, open_shard
 from vipo.data.sources import SourceConfig, Video, scan_sources
 from vipo.masks import MovingMaskConfig, hole_to_condition, random_moving_masks
 from vipo.regions import BoundaryPx, decompose, downsample_hole
@@ -56,7 +55,6 @@ __all__ = [
     "FinetuneDataset",
     "VaeClipDataset",
     "VaeDataConfig",
-    "sample_rng",
     "shards_for_rank",
     "tokenize_prompt",
 ]
@@ -80,13 +78,6 @@ def tokenize_prompt(tokenizer: Tokenizer, text: str) -> torch.Tensor:
     return torch.as_tensor(ids, dtype=torch.long).reshape(-1)
 
 
-def sample_rng(seed: int, epoch: int, key: int | str) -> np.random.Generator:
-    """The generator for one sample: a function of (seed, epoch, key) only; string keys hash with crc32."""
-    if isinstance(key, str):
-        key = zlib.crc32(key.encode())
-    return np.random.default_rng([seed, epoch, key])
-
-
 def shards_for_rank(paths: Sequence[Path], rank: int, world_size: int) -> list[Path]:
     """The shards worker ``rank`` of ``world_size`` reads when not using Ray Data: every ``world_size``-th one,
     so ranks never overlap and together cover all shards."""
@@ -95,19 +86,25 @@ def shards_for_rank(paths: Sequence[Path], rank: int, world_size: int) -> list[P
     return list(paths)[rank::world_size]
 
 
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    # Ray hands read-only zero-copy batches; torch warns on those, so they are copied (uint8, cheap).
+    array = np.ascontiguousarray(array)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
 def _pixels(frames: np.ndarray) -> torch.Tensor:
     """uint8 (...,F,H,W,3) → float32 (...,F,3,H,W) in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).movedim(-1, -3).float().div(127.5).sub(1.0)
+    return _tensor(frames).movedim(-1, -3).float().div(127.5).sub(1.0)
 
 
 def _hole_planes(hole: np.ndarray) -> torch.Tensor:
     """bool (...,F,H,W) → bool (...,F,1,H,W)."""
-    return torch.from_numpy(np.ascontiguousarray(hole, dtype=bool)).unsqueeze(-3)
+    return _tensor(np.asarray(hole, dtype=bool)).unsqueeze(-3)
 
 
 def _prompt_ids(empty: np.ndarray, ids: torch.Tensor, empty_ids: torch.Tensor) -> torch.Tensor:
     """(B,) bool → (B,L) int64: the empty prompt's ids where ``empty``."""
-    chosen = torch.from_numpy(np.asarray(empty, dtype=bool))[:, None]
+    chosen = _tensor(np.asarray(empty, dtype=bool))[:, None]
     return torch.where(chosen, empty_ids, ids)
 
 
@@ -147,15 +144,23 @@ class _TwoStepDataset(torch.utils.data.Dataset, abc.ABC):
             return {key: value[0] for key, value in batch.items()}
         raise DataError(f"{type(self).__name__}: no loadable sample; skipped:\n{self.skips.summary()}")
 
-    def to_ray_dataset(self, epoch: int = 0):
-        """A Ray Data dataset of raw samples (one per index, bad ones dropped); collate with :meth:`collate`.
+    def to_ray_dataset(self, epoch: int = 0, num_blocks: int | None = None):
+        """A Ray Data dataset of raw samples (one per index, bad ones dropped); collate with
+        :meth:`ray_collate_fn`. ``num_blocks`` (default: Ray's choice) bounds how many decode tasks run at once.
 
         Pass it to a ``TorchTrainer`` (``datasets={"train": ds}``): Ray Train splits it across workers without
         overlap, and each worker reads ``ray.train.get_dataset_shard("train").iter_torch_batches(...)``.
         """
         import ray.data
 
-        return ray.data.range(len(self)).flat_map(_RayIndexLoader(self, epoch))
+        ds = ray.data.range(len(self), override_num_blocks=num_blocks)
+        return ds.flat_map(_RayIndexLoader(self, epoch))
+
+    def ray_collate_fn(self):
+        """The ``collate_fn`` for ``iter_torch_batches`` over :meth:`to_ray_dataset` (wraps :meth:`collate`)."""
+        from vipo.data.ray_io import RawBatchCollate
+
+        return RawBatchCollate(self)
 
 
 class _RayIndexLoader:
@@ -250,9 +255,6 @@ class FinetuneDataset(_TwoStepDataset):
         }
 
 
-NegativePolicy = Literal["fixed", "uniform", "weighted"]
-
-
 class DPODataConfig(Config):
     """Stage 3 data: preference shards and how each sample's negative is chosen.
 
@@ -297,7 +299,9 @@ class DPODataset(_TwoStepDataset):
     - ``masks``: float32 (F,1,H,W), conditioning channel, 1 = known, 0 = hole;
     - ``mask_hole``, ``mask_boundary``, ``mask_context``: float32 (F,1,h,w) 0/1, exclusive, summing to 1, at pixel
       (``region_scale=1``) or latent resolution;
-    - ``input_ids``: int64 (L,); ``neg_type``: str, the negative's kind;
+    - ``input_ids``: int64 (L,);
+    - ``neg_type``: int64 scalar, the negative's kind as an index into ``dataset.negative_kinds`` (sorted kinds
+      of all the manifest's shards; an id, not a string, so that batches are all tensors as Ray Train needs);
     - ``pixel_values_prior``: float32 (F,3,H,W), only with ``include_prior`` (rows without prior frames skip).
 
     Region masks are recomputed here from the stored hole mask, not read from the shards: they are a pure function
@@ -324,14 +328,34 @@ class DPODataset(_TwoStepDataset):
                 self.rows.append((number, group, row - int(starts[group])))
         if not self.rows:
             raise DataError(f"{config.shards}: the manifest lists no clips for this rank ({rank}/{world_size})")
+        # Only the `kind` leaf of the negatives column is read: no frame bytes.
+        negative_kinds = sorted({
+            negative["kind"]
+            for path in self.manifest.shard_paths()
+            for negatives in open_shard(path).read(columns=["negatives.list.element.kind"]).column(0).to_pylist()
+            for negative in negatives
+        })
+        names = {path.name for path in self.shard_paths}
+        self.decoder = DPORowDecoder(
+            shards=config.shards,
+            negative_kinds=tuple(negative_kinds),
+            clip_shards={c: e["shard"] for c, e in self.manifest.clips.items() if e.get("shard") in names},
+            policy=config.negative_policy,
+            negative_kind=config.negative_kind,
+            negative_weights=dict(config.negative_weights),
+            selected_only=config.selected_only,
+            include_prior=config.include_prior,
+            proportion_empty_prompts=config.proportion_empty_prompts,
+            seed=config.seed,
+        )
         self.input_ids = tokenize_prompt(tokenizer, config.prompt)
         self.empty_ids = tokenize_prompt(tokenizer, "")
         self._group_cache: tuple[tuple[int, int], list[dict]] | None = None
 
-    @cached_property
-    def columns(self) -> list[str]:
-        columns = ["clip_id", "height", "width", "frames", "masks", "negatives"]
-        return columns + ["prior"] if self.config.include_prior else columns
+    @property
+    def negative_kinds(self) -> list[str]:
+        """Names of the ``neg_type`` ids."""
+        return list(self.decoder.negative_kinds)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -344,62 +368,17 @@ class DPODataset(_TwoStepDataset):
     def _row(self, index: int) -> dict:
         number, group, offset = self.rows[index]
         if self._group_cache is None or self._group_cache[0] != (number, group):
-            table = pq.ParquetFile(self.shard_paths[number]).read_row_group(group, columns=self.columns)
+            table = pq.ParquetFile(self.shard_paths[number]).read_row_group(group, columns=self.decoder.columns)
             self._group_cache = ((number, group), table.to_pylist())
         return self._group_cache[1][offset]
 
     def load_raw(self, index: int, epoch: int) -> dict[str, Any]:
-        number = self.rows[index][0]
-        return self.decode_row(self._row(index), epoch, self.shard_paths[number].name)
-
-    def choose_negative(self, negatives: Sequence[dict], rng: np.random.Generator) -> int | None:
-        """Index into ``negatives`` (dicts with ``kind``, ``selected``) under the policy, or None if none fits."""
-        eligible = [i for i, n in enumerate(negatives) if n["selected"] or not self.config.selected_only]
-        kinds = sorted({negatives[i]["kind"] for i in eligible})
-        policy = self.config.negative_policy
-        if policy == "fixed":
-            kinds = [k for k in kinds if k == self.config.negative_kind]
-            weights = np.ones(len(kinds))
-        elif policy == "uniform":
-            weights = np.ones(len(kinds))
-        else:
-            weights = np.array([self.config.negative_weights.get(k, 0.0) for k in kinds])
-        if not kinds or weights.sum() <= 0:
-            return None
-        kind = kinds[rng.choice(len(kinds), p=weights / weights.sum())]
-        return int(rng.choice([i for i in eligible if negatives[i]["kind"] == kind]))
-
-    def decode_row(self, row: dict, epoch: int, shard_name: str) -> dict[str, Any]:
-        """A shard row (dict of its columns) → raw sample: ``pos``/``neg`` uint8 (F,H,W,3), ``hole`` bool (F,H,W),
-        ``neg_type`` str, ``empty_prompt`` bool, ``clip_id`` str (and ``prior`` uint8 with ``include_prior``)."""
-        where = f"{self.config.shards / shard_name}:{row['clip_id']}"
-        size = (row["height"], row["width"])
-        rng = sample_rng(self.seed, epoch, row["clip_id"])
-        choice = self.choose_negative(row["negatives"], rng)
-        if choice is None:
-            kinds = sorted({n["kind"] for n in row["negatives"]})
-            raise BadSample(where, f"no negative for policy {self.config.negative_policy}: clip has {kinds}")
-        negative = row["negatives"][choice]
-        raw = {
-            "pos": decode_frames(row["frames"], f"{where}:frames", size),
-            "neg": decode_frames(negative["frames"], f"{where}:negatives[{choice}]", size),
-            "hole": decode_hole(row["masks"], f"{where}:masks", size),
-            "neg_type": negative["kind"],
-            "empty_prompt": bool(rng.random() < self.config.proportion_empty_prompts),
-            "clip_id": row["clip_id"],
-        }
-        if not (len(raw["pos"]) == len(raw["neg"]) == len(raw["hole"])):
-            raise BadSample(where, f"frame counts differ: {len(raw['pos'])} frames, {len(raw['neg'])} negative "
-                                   f"frames, {len(raw['hole'])} masks")
-        if self.config.include_prior:
-            if not row["prior"]["frames"]:
-                raise BadSample(where, f"no prior frames stored (prior kind {row['prior']['kind']!r})")
-            raw["prior"] = decode_frames(row["prior"]["frames"], f"{where}:prior", size)
-        return raw
+        """See :meth:`DPORowDecoder.decode_row`."""
+        return self.decoder.decode_row(self._row(index), epoch, self.shard_paths[self.rows[index][0]].name)
 
     def collate(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Raw samples with a leading batch dim → the training fields (pixels (B,F,3,H,W), masks (B,F,1,H,W),
-        ``input_ids`` (B,L), ``neg_type`` list of B str)."""
+        ``input_ids`` (B,L), ``neg_type`` (B,) int64)."""
         pos, neg = _pixels(batch["pos"]), _pixels(batch["neg"])
         hole = _hole_planes(batch["hole"])
         region_hole = hole
@@ -416,41 +395,26 @@ class DPODataset(_TwoStepDataset):
             "mask_boundary": regions[1].float(),
             "mask_context": regions[2].float(),
             "input_ids": _prompt_ids(batch["empty_prompt"], self.input_ids, self.empty_ids),
-            "neg_type": [str(kind) for kind in batch["neg_type"]],
+            "neg_type": _tensor(np.asarray(batch["neg_type"], dtype=np.int64)),
         }
         if self.config.include_prior:
             out["pixel_values_prior"] = _pixels(batch["prior"])
         return out
 
-    def to_ray_dataset(self, epoch: int = 0):
-        """Ray Data over this dataset's shards (``read_parquet`` + decode); collate with :meth:`collate`.
+    def to_ray_dataset(self, epoch: int = 0, num_blocks: int | None = None):
+        """Ray Data over this dataset's shards, one item per row group, decoded torch-free on Ray's CPU workers;
+        collate with :meth:`ray_collate_fn`. ``num_blocks`` (default: one per row group) bounds how many decode
+        tasks run at once. Rows the manifest does not count and bad rows are dropped.
 
-        Rows the manifest does not count (a clip rewritten in a newer shard) and bad rows are dropped.
+        Row groups are read with pyarrow inside the decode task (not ``ray.data.read_parquet``): the same reader as
+        the torch path, and no file-metadata pass before the first sample.
         """
         import ray.data
 
-        ds = ray.data.read_parquet([str(p) for p in self.shard_paths], columns=self.columns, include_paths=True)
-        return ds.flat_map(_RayRowDecoder(self, epoch))
-
-
-class _RayRowDecoder:
-    """Ray Data ``flat_map`` UDF: a shard row → [raw DPO sample], [] when bad (logged) or not counted."""
-
-    def __init__(self, dataset: DPODataset, epoch: int):
-        self.dataset = dataset
-        self.epoch = epoch
-
-    def __call__(self, row: dict) -> list[dict]:
-        shard_name = Path(row["path"]).name
-        if self.dataset.manifest.clips.get(row["clip_id"], {}).get("shard") != shard_name:
-            return []
-        try:
-            return [self.dataset.decode_row(row, self.epoch, shard_name)]
-        except BadSample as err:
-            if self.dataset.strict:
-                raise
-            logger.warning("skipped %s: %s", err.where, err.reason)
-            return []
+        items = [{"shard": str(path), "group": group}
+                 for path in self.shard_paths for group in range(pq.ParquetFile(path).num_row_groups)]
+        ds = ray.data.from_items(items, override_num_blocks=num_blocks or len(items))
+        return ds.flat_map(RayRowGroupDecoder(self.decoder, epoch, self.strict))
 
 
 class VaeDataConfig(Config):

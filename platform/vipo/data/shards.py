@@ -286,7 +286,11 @@ class ShardWriter:
         self.write_table(pa.Table.from_pylist(list(rows), schema=SHARD_SCHEMA))
 
     def write_table(self, table: pa.Table) -> None:
-        table = table.select(SHARD_SCHEMA.names).cast(SHARD_SCHEMA)
+        table = table.select(SHARD_SCHEMA.names)
+        if not table.schema.equals(SHARD_SCHEMA):
+            # Ray Data widens ints and pickles lists of dicts into an extension type; no cast undoes that, but
+            # rebuilding from Python values normalises every such variant.
+            table = pa.Table.from_pylist(table.to_pylist(), schema=SHARD_SCHEMA)
         if self._writer is None:
             # Frames are already PNG/JPEG: Parquet compression, dictionaries and min/max statistics over
             # megabyte binaries only cost time and footer size.

@@ -1,19 +1,21 @@
-"""Ray Data sink for preference shards (kept apart so that ``import vipo.data`` does not import Ray)."""
+"""Ray Data glue: the shard sink and the batch collate adapter (apart, so ``import vipo.data`` needs no Ray)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
+import numpy as np
 import pyarrow as pa
 from ray.data import Datasink
+from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.data.datasource.datasink import WriteResult
 
 from vipo.data.shards import Manifest, ShardWriter
 
-__all__ = ["ClipShardDatasink"]
+__all__ = ["ClipShardDatasink", "RawBatchCollate"]
 
 
 class ClipShardDatasink(Datasink):
@@ -67,3 +69,14 @@ class ClipShardDatasink(Datasink):
             for clip_id, reason in result["skipped"]:
                 manifest.mark_skipped(clip_id, reason)
         manifest.save()
+
+
+class RawBatchCollate(NumpyBatchCollateFn):
+    """``iter_torch_batches(collate_fn=RawBatchCollate(dataset))``: numpy batches of raw samples → the dataset's
+    training tensors (``dataset.collate``)."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict:
+        return self.dataset.collate(batch)
