@@ -59,7 +59,10 @@ class HoleScorer:
         pred = to_video_tensor(preds, device)
         truth = to_video_tensor(np.repeat(target[None], len(preds), axis=0), device)
         mask = torch.from_numpy(np.repeat(hole[None], len(preds), axis=0))
-        net = get_lpips(self.lpips_net, self.lpips_backbone_weights, self.allow_random_lpips_backbone)
+        with torch.random.fork_rng(devices=[]):
+            # A random trunk (allowed for demos/tests) must be the same in every actor and every run.
+            torch.manual_seed(0)
+            net = get_lpips(self.lpips_net, self.lpips_backbone_weights, self.allow_random_lpips_backbone)
         return {
             "psnr": masked_psnr(pred, truth, mask).cpu().numpy(),
             "lpips": masked_lpips(pred, truth, mask, net=net).cpu().numpy(),

@@ -18,6 +18,7 @@ import pickle
 from typing import Iterator
 
 import pyarrow as pa
+import ray
 import ray.data
 
 from vipo.generate.plan import WorkResult
@@ -47,7 +48,10 @@ class _StageActor:
         stage.setup()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return _to_table(self.stage.process_batch(_from_table(batch)))
+        results = self.stage.process_batch(_from_table(batch))
+        for result in results:  # which logical GPUs Ray gave the actor (the stage records the torch device)
+            result.devices[f"{self.stage.name}.ray_gpu_ids"] = ",".join(str(i) for i in ray.get_gpu_ids())
+        return _to_table(results)
 
 
 def run_on_ray(work: list[WorkResult], stages: list[GenerateStage]) -> Iterator[WorkResult]:

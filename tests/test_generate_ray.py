@@ -1,0 +1,73 @@
+"""Generation on the shared local Ray (4 CPUs, 2 *logical* GPUs) with tiny real models: the actor-pool path
+writes the same rows as the in-process executor, on GPU-scheduled actors that still run on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+
+from jobs.generate import GenerateJobConfig, HoleScorer
+from vipo.config import validate_config
+from vipo.data import SAMPLE_DATA_ROOT, Manifest, open_shard
+from vipo.generate import generate
+from vipo.models.tiny import write_tiny_weights
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny-diffueraser")
+    write_tiny_weights(root, seed=0)
+    return root
+
+
+def _config(output_dir, weights, executor: str, num_gpus: float) -> GenerateJobConfig:
+    return validate_config(GenerateJobConfig, {
+        "output_dir": str(output_dir),
+        "seed": 3,
+        "sources": [{"kind": "davis", "root": str(SAMPLE_DATA_ROOT)}],
+        "max_videos": 2,
+        "sampling": {"nframes": 6, "resolution": 32},
+        "masks_per_clip": 2,
+        "kinds": [{"kind": "hallucination", "seeds": [0, 1]}, {"kind": "flicker", "num_segments": 2,
+                                                                "use_prior": False}],
+        "models": {"diffueraser": {"weights": str(weights)}},
+        "stages": [{"name": "diffueraser", "kinds": ["hallucination", "flicker"], "pool_size": 2,
+                    "num_gpus": num_gpus, "num_cpus": 1}],
+        "executor": executor,
+        "rows_per_shard": 2,
+        "scoring": {"allow_random_lpips_backbone": True},
+        "tracking": {"enabled": False},
+    })
+
+
+def _rows(folder) -> dict[str, dict]:
+    rows = {}
+    for path in Manifest.load(folder).shard_paths():
+        for row in open_shard(path).read().to_pylist():
+            row.pop("created_at")
+            rows[row["clip_id"]] = row
+    return rows
+
+
+def test_gpu_actor_pool_writes_the_rows_of_the_in_process_run(ray_local, tmp_path, tiny_weights):
+    captured = []
+    from vipo.generate import adapter
+
+    def recording(work, stages):
+        for result in adapter.run_on_ray(work, stages):
+            captured.append(result)
+            yield result
+
+    config = _config(tmp_path / "ray", tiny_weights, "ray", num_gpus=1)
+    summary = generate(config, HoleScorer.from_config(config.scoring), executor=recording)
+    assert summary["samples_written"] == 4 and summary["clips_failed"] == 0
+    # Ray gave each actor one logical GPU; torch saw no CUDA, so the models ran on the CPU.
+    assert {r.devices["diffueraser"] for r in captured} == {"cpu"}
+    gpu_ids = {r.devices["diffueraser.ray_gpu_ids"] for r in captured}
+    assert gpu_ids and all(ids in {"0", "1"} for ids in gpu_ids)
+
+    local = _config(tmp_path / "local", tiny_weights, "local", num_gpus=0)
+    generate(local, HoleScorer.from_config(local.scoring))
+    assert _rows(config.output_dir / "shards") == _rows(local.output_dir / "shards")
+
