@@ -106,8 +106,13 @@ def _assert_same_weights(model: torch.nn.Module, reference: torch.nn.Module) -> 
 
 
 def test_stage1_export_round_trip_and_compose(weights_root, tmp_path):
-    stage1 = make_recipe("stage1", weights_root, tmp_path, "optim.max_steps=1")
+    stage1 = make_recipe("stage1", weights_root, tmp_path, "optim.max_steps=1", "validation.every_n_steps=1",
+                         "validation.num_inference_steps=1")
     stage1.train()  # outside Ray Train the loop writes the run folder itself and exports at the end
+    logged = stage1.loop.logger  # tracking disabled: the in-memory logger
+    ((step, grid),) = logged.images[next(iter(logged.images))]
+    assert step == 1 and grid.dtype.name == "uint8" and grid.shape == (3 * 32, 3 * 32, 3)  # input|output|GT × 3
+    assert [artifact for _, artifact in logged.artifacts] == ["validation", "model"]
     out = tmp_path / "stage1-demo" / "export" / "step_00000001"
     assert out.is_dir()
     _assert_same_weights(UNet2DConditionModel.from_pretrained(out / "unet_main"), stage1.engine.model.unet)

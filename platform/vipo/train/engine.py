@@ -4,7 +4,8 @@ Both engines expose the same small surface, so a recipe never branches on the ba
 ``engine.module`` (call it for the forward pass), ``engine.model`` (the unwrapped module, for ``save_pretrained``
 and validation), ``engine.input_dtype`` (cast model inputs to it), ``engine.micro_step(loss_fn)`` (forward +
 backward + clipping + optimiser/scheduler step at the accumulation boundary), ``engine.lr``,
-``engine.full_weights()`` (a context in which every rank sees whole tensors: ZeRO-3 gathers), and
+``engine.full_weights()`` (a context in which every rank sees whole tensors: ZeRO-3 gathers; entered by all
+ranks), ``engine.shards_parameters`` (ZeRO-3), and
 ``save_state``/``load_state`` for the optimiser side of a checkpoint.
 """
 
@@ -56,6 +57,7 @@ class Engine(Protocol):
     module: nn.Module
     model: nn.Module
     input_dtype: torch.dtype
+    shards_parameters: bool  # ZeRO-3: no rank holds whole weights outside full_weights()
 
     @property
     def lr(self) -> float: ...
@@ -107,6 +109,7 @@ class TorchEngine:
         self.autocast_dtype = _AUTOCAST[cfg.precision]
         self.device_type = ctx.device.type
         self.input_dtype = torch.float32
+        self.shards_parameters = False
         self.grad_accum = cfg.optim.grad_accum
         self.max_grad_norm = cfg.optim.max_grad_norm or math.inf
         self.micro = 0
@@ -179,6 +182,7 @@ class DeepSpeedEngine:
 
         params = trainable_parameters(model)
         self.zero_stage = cfg.deepspeed.zero_stage
+        self.shards_parameters = self.zero_stage == 3
         self.module, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model.to(ctx.device), model_parameters=params, config=deepspeed_config(cfg),
             lr_scheduler=lambda optimizer: build_lr_scheduler(cfg, optimizer),
@@ -201,7 +205,7 @@ class DeepSpeedEngine:
         return loss.detach(), float(norm) if norm is not None else math.nan
 
     def full_weights(self) -> ContextManager:
-        if self.zero_stage < 3:
+        if not self.shards_parameters:
             return contextlib.nullcontext()
         import deepspeed
 

@@ -128,9 +128,11 @@ class TrainLoop:
             )
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
+        # Its own generator: creating a loader (as a resume does mid-epoch) must not advance the global RNG.
         return DataLoader(
             self.dataset, batch_size=self.cfg.batch_size, sampler=indices[skip_batches * self.cfg.batch_size:],
             drop_last=True, num_workers=self.loader_workers,
+            generator=torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch),
         )
 
     # -- the loop ----------------------------------------------------------------------------------------------
@@ -170,7 +172,7 @@ class TrainLoop:
                 elapsed = time.perf_counter() - step_start
                 metrics = self._step_metrics(torch.stack(micro_losses).mean(), extras, grad_norm, elapsed)
                 micro_losses.clear()
-                extras = {}
+                extras.clear()
                 bar.update(1)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}")
                 if self.ctx.is_main and p.step % cfg.log_every_n_steps == 0:
@@ -259,14 +261,17 @@ class TrainLoop:
 
     # -- validation and the end --------------------------------------------------------------------------------
     def validate(self) -> None:
+        """Rank 0 inpaints the validation clips and logs them; under ZeRO-3 every rank runs the pipeline (its
+        forward hooks are collectives), inside one gather of the full weights."""
         step = self.progress.step
         self.engine.model.eval()
         try:
             with self.engine.full_weights(), torch.no_grad():
-                videos = self.recipe.validate(step) if self.ctx.is_main else {}
+                run_here = self.ctx.is_main or self.engine.shards_parameters
+                videos = self.recipe.validate(step) if run_here else {}
         finally:
             self.engine.model.train()
-        if not videos:
+        if not self.ctx.is_main or not videos:
             return
         self.logger.log_images({name: video_grid(frames) for name, frames in videos.items()}, step=step)
         with tempfile.TemporaryDirectory(prefix="vipo-val-") as tmp:

@@ -78,7 +78,7 @@ class Stage1Recipe:
         dataset = FinetuneDataset(cfg.data, self.frozen.tokenizer)
         self.loop = TrainLoop(self, cfg, self.ctx, self.engine, dataset, checkpoint=checkpoint,
                               loader_workers=cfg.loader_workers)
-        self.validation = ValidationClips(dataset, cfg.validation) if self.ctx.is_main else None
+        self.validation = ValidationClips(dataset, cfg.validation) if cfg.validation.every_n_steps else None
 
     def train(self) -> None:
         self.loop.run()
