@@ -96,10 +96,9 @@ def evaluate(
 @app.command()
 def demo(
     output_dir: Path = typer.Option(Path("runs/demo"), "--output-dir", help="Where the demo writes everything."),
-    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
 ) -> None:
     """Run the whole flow end to end on the bundled sample data with tiny models (local Ray, sqlite MLflow)."""
-    _call("demo", output_dir, overrides or [])
+    _call("demo", output_dir)
 
 
 if __name__ == "__main__":
