@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Sequence
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from pydantic import Field, model_validator
@@ -350,7 +351,7 @@ class DPODataset(_TwoStepDataset):
         )
         self.input_ids = tokenize_prompt(tokenizer, config.prompt)
         self.empty_ids = tokenize_prompt(tokenizer, "")
-        self._group_cache: tuple[tuple[int, int], list[dict]] | None = None
+        self._group_cache: tuple[tuple[int, int], pa.Table] | None = None
 
     @property
     def negative_kinds(self) -> list[str]:
@@ -369,8 +370,9 @@ class DPODataset(_TwoStepDataset):
         number, group, offset = self.rows[index]
         if self._group_cache is None or self._group_cache[0] != (number, group):
             table = pq.ParquetFile(self.shard_paths[number]).read_row_group(group, columns=self.decoder.columns)
-            self._group_cache = ((number, group), table.to_pylist())
-        return self._group_cache[1][offset]
+            self._group_cache = ((number, group), table)
+        # Only this row becomes Python objects; the group stays Arrow until its other rows are asked for.
+        return self._group_cache[1].slice(offset, 1).to_pylist()[0]
 
     def load_raw(self, index: int, epoch: int) -> dict[str, Any]:
         """See :meth:`DPORowDecoder.decode_row`."""
