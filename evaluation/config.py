@@ -30,33 +30,33 @@ class ReportConfig(Config):
     gif_max_width: int = Field(default=1600, ge=64)
 
 
+MethodLabel = Annotated[str, Field(pattern=r"^[A-Za-z0-9._+-]+$")]
+
+
 class EvaluateConfig(JobConfig):
-    """A benchmark, the methods to score on it, the metrics and the report.
+    """A benchmark, the methods to score on it (label → method config, so ``methods.<label>.<key>=value``
+    overrides work), the metrics and the report.
 
     ``baseline`` is the label of the method every other one is compared with (default: the first).
     ``reuse_cache: false`` runs every method again even when its results are stored (a noise check).
     """
 
     benchmark: BenchmarkConfig
-    methods: list[MethodSpec] = Field(min_length=1)
+    methods: dict[MethodLabel, MethodSpec] = Field(min_length=1)
     baseline: str | None = None
     scoring: ScoringConfig = ScoringConfig()
     report: ReportConfig = ReportConfig()
     reuse_cache: bool = True
 
     @model_validator(mode="after")
-    def _labels(self) -> "EvaluateConfig":
-        labels = [method.label for method in self.methods]
-        duplicates = sorted({label for label in labels if labels.count(label) > 1})
-        if duplicates:
-            raise ValueError(f"method labels must be unique, {duplicates} repeat; give each a distinct `name`")
-        if self.baseline is not None and self.baseline not in labels:
-            raise ValueError(f"baseline {self.baseline!r} is not one of the methods {labels}")
+    def _known_baseline(self) -> "EvaluateConfig":
+        if self.baseline is not None and self.baseline not in self.methods:
+            raise ValueError(f"baseline {self.baseline!r} is not one of the methods {list(self.methods)}")
         return self
 
     @property
     def baseline_label(self) -> str:
-        return self.baseline or self.methods[0].label
+        return self.baseline or next(iter(self.methods))
 
 
 def _resolve(path: Path | None) -> Path | None:

@@ -4,8 +4,8 @@
 
     <root>/propainter/    raft-things.pth, recurrent_flow_completion.pth, ProPainter.pth (random)
     <root>/diffueraser/   the upstream layout with tiny random models (vipo.models.tiny)
-    <root>/stage3_lora/   a peft LoRA adapter (adapter_config.json + adapter_model.safetensors) on the tiny main
-                          UNet's spatial attention, random and non-zero: a stand-in for a stage-3 adapter
+    <root>/stage3/        shaped like a stage-3 LoRA export: lora/ (a random, non-zero LoRA on the tiny main UNet's
+                          spatial attention), unet_main/ (merged), brushnet/
 
 Every model is untrained: outputs are noise, only the plumbing is real.
 """
@@ -15,33 +15,38 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-__all__ = ["write_demo_weights", "write_random_lora"]
+__all__ = ["write_demo_weights", "write_stage3_stand_in"]
 
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+_LORA_B_STD = 0.1  # B = 0 would be an untrained adapter, which the diffueraser+lora method refuses
 
 
-def write_random_lora(unet_dir: Path, out_dir: Path, rank: int = 2, seed: int = 0) -> Path:
-    """A peft LoRA adapter folder for the diffusers UNet saved in ``unet_dir``, with random (non-zero) A and B on
-    its spatial attention projections (motion modules excluded)."""
+def write_stage3_stand_in(unet_dir: Path, brushnet_dir: Path, out_dir: Path, rank: int = 2, seed: int = 0) -> Path:
+    """A folder shaped like a stage-3 LoRA export (:func:`vipo.train.dpo_models.export_policy`): ``lora/`` (a
+    random, non-zero spatial-attention LoRA on the ``UNetMotionModel`` in ``unet_dir``), ``unet_main/`` (that LoRA
+    merged) and ``brushnet/`` (copied)."""
+    import shutil
+
     import torch
     from diffusers import UNetMotionModel
-    from peft import LoraConfig, get_peft_model_state_dict
-    from safetensors.torch import save_file
+
+    from vipo.models.lora import add_spatial_lora, merge_lora, save_lora
 
     unet = UNetMotionModel.from_pretrained(unet_dir, local_files_only=True)
-    targets = [name for name, _ in unet.named_modules()
-               if name.endswith(LORA_TARGETS) and ".attentions." in name and "motion_modules" not in name]
-    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, init_lora_weights=False)
-    torch.manual_seed(seed)
-    unet.add_adapter(config)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(get_peft_model_state_dict(unet), out_dir / "adapter_model.safetensors")
-    config.save_pretrained(str(out_dir))
+    add_spatial_lora(unet, rank, rank)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in unet.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * _LORA_B_STD)
+    save_lora(unet, out_dir / "lora")
+    merge_lora(unet)
+    unet.save_pretrained(out_dir / "unet_main")
+    shutil.copytree(brushnet_dir, out_dir / "brushnet", dirs_exist_ok=True)
     return out_dir
 
 
 def write_demo_weights(root: str | Path, seed: int = 0) -> dict[str, Path]:
-    """Write the three weight folders under ``root`` → ``{"propainter", "diffueraser", "stage3_lora"}`` paths."""
+    """Write the three weight folders under ``root`` → ``{"propainter", "diffueraser", "stage3"}`` paths."""
     from vipo.models.tiny import write_tiny_weights
     from vipo.pipelines.propainter import save_random_propainter_weights
 
@@ -49,7 +54,7 @@ def write_demo_weights(root: str | Path, seed: int = 0) -> dict[str, Path]:
     paths = {"propainter": save_random_propainter_weights(root / "propainter", seed=seed)}
     layout = write_tiny_weights(root / "diffueraser", seed=seed)
     paths["diffueraser"] = layout.root
-    paths["stage3_lora"] = write_random_lora(layout.unet_main, root / "stage3_lora", seed=seed)
+    paths["stage3"] = write_stage3_stand_in(layout.unet_main, layout.brushnet, root / "stage3", seed=seed)
     return paths
 
 

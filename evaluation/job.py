@@ -45,25 +45,25 @@ def scoring_hash(scoring: ScoringConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _evaluate_method(config: EvaluateConfig, method: MethodConfig, benchmark: Benchmark, cache: ResultCache,
-                     scores_key: str) -> MethodResult:
+def _evaluate_method(config: EvaluateConfig, label: str, method: MethodConfig, benchmark: Benchmark,
+                     cache: ResultCache, scores_key: str) -> MethodResult:
     """Scores of every clip for ``method``: stored ones reused (unless ``reuse_cache`` is off), the rest run."""
     from evaluation.adapter import run_on_ray  # Ray Data only once there is work for it
 
     method_hash = method.method_hash()
     prior = method.prior_method()
-    cache.write_method(benchmark.hash, method_hash, {"label": method.label, "identity": method.identity()})
+    cache.write_method(benchmark.hash, method_hash, {"label": label, "identity": method.identity()})
     stored = cache.load_scores(benchmark.hash, method_hash, scores_key, benchmark.clip_ids) \
         if config.reuse_cache else {}
     todo = [clip_id for clip_id in benchmark.clip_ids if clip_id not in stored]
     if todo:
-        stage = EvaluateStage(method, method_hash, prior.method_hash() if prior else None, config.scoring,
+        stage = EvaluateStage(label, method, method_hash, prior.method_hash() if prior else None, config.scoring,
                               scores_key, benchmark.root, cache.root, reuse_predictions=config.reuse_cache)
-        for scores in tqdm(run_on_ray(stage, todo), total=len(todo), desc=f"evaluate {method.label}", unit="clip"):
+        for scores in tqdm(run_on_ray(stage, todo), total=len(todo), desc=f"evaluate {label}", unit="clip"):
             cache.save_scores(benchmark.hash, method_hash, scores_key, scores)
             stored[scores.clip_id] = scores
-    print(f"{method.label}: {len(todo)} clips evaluated, {len(benchmark.clip_ids) - len(todo)} from the cache")
-    return MethodResult(method.label, method.kind, method_hash, method.checkpoint_hash(),
+    print(f"{label}: {len(todo)} clips evaluated, {len(benchmark.clip_ids) - len(todo)} from the cache")
+    return MethodResult(label, method.kind, method_hash, method.checkpoint_hash(),
                         {clip_id: stored[clip_id] for clip_id in benchmark.clip_ids},
                         cache.method_dir(benchmark.hash, method_hash) / "predictions")
 
@@ -86,13 +86,14 @@ def evaluate(config: EvaluateConfig) -> Evaluation:
     cache = ResultCache(output_dir / "results")
     scores_key = scoring_hash(config.scoring)
     metrics = list(config.scoring.metrics)
-    results = [_evaluate_method(config, method, benchmark, cache, scores_key) for method in config.methods]
+    results = [_evaluate_method(config, label, method, benchmark, cache, scores_key)
+               for label, method in config.methods.items()]
 
     tracking_uri = resolve_tracking_uri(config.tracking, output_dir) if config.tracking.enabled else None
     experiment, artifact_root = config.tracking.experiment, output_dir / "mlartifacts"
     if tracking_uri:
         tags = run_identity(config)
-        for method, result in zip(config.methods, results):
+        for method, result in zip(config.methods.values(), results):
             result.run_id = log_method_run(
                 tracking_uri, experiment, artifact_root, benchmark_name=benchmark.name, benchmark_hash=benchmark.hash,
                 benchmark_dir=benchmark.root, scoring_hash=scores_key, scoring=config.scoring, method=method,
@@ -117,7 +118,10 @@ def compare(config: CompareConfig) -> Report:
                           "MLFLOW_TRACKING_URI / tracking.tracking_uri")
     output_dir = config.output_dir or Path.cwd()
     tracking_uri = resolve_tracking_uri(config.tracking, output_dir)
-    runs = find_benchmark_runs(tracking_uri, config.tracking.experiment, config.benchmark)
+    try:
+        runs = find_benchmark_runs(tracking_uri, config.tracking.experiment, config.benchmark)
+    except LookupError as err:
+        raise ConfigError(str(err)) from None
     labels = [r.label for r in runs.results]
     baseline = config.baseline or runs.baseline
     if baseline is None or baseline not in labels:

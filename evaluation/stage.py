@@ -31,6 +31,7 @@ class EvaluateStage:
     ``method_hash``/``scoring_hash`` are computed once on the driver (hashing weights is not the actors' job).
     """
 
+    label: str
     method: MethodConfig
     method_hash: str
     prior_hash: str | None
@@ -100,10 +101,10 @@ class EvaluateStage:
                 prediction = self._model(self.method, "method")(frames, hole, prior)
                 seconds = time.perf_counter() - start
             except Exception as err:
-                raise RuntimeError(f"method {self.method.label} failed on clip {clip_id} of benchmark "
+                raise RuntimeError(f"method {self.label} failed on clip {clip_id} of benchmark "
                                    f"{self._benchmark.name}: {type(err).__name__}: {err}") from err
             if prediction.shape != frames.shape or prediction.dtype != np.uint8:
-                raise ValueError(f"method {self.method.label} returned {prediction.dtype} {prediction.shape} for "
+                raise ValueError(f"method {self.label} returned {prediction.dtype} {prediction.shape} for "
                                  f"clip {clip_id}; expected uint8 {frames.shape}")
             self._cache.save_prediction(benchmark_hash, self.method_hash, clip_id, prediction)
         metrics = self._scorer.score(frames, hole, prediction)

@@ -1,12 +1,12 @@
 """What every evaluation method is: a registered config class that loads its model once per actor.
 
 A method's fields are its config (weights, knobs, seed) plus ``actors``, the resources of the actor pool that runs
-it. ``load(device)`` builds the model and returns an :data:`Inpaint` function; the evaluation stage calls it once per
+it; its label is its key in the evaluation config's ``methods:`` mapping. ``load(device)`` builds the model and returns an :data:`Inpaint` function; the evaluation stage calls it once per
 actor (:mod:`evaluation.stage`). Methods never import Ray.
 
 Identity: ``method_hash()`` covers the content of the weight files the method loads (not their paths), every knob
 that changes the output (the seed included), the prior's identity and the vipo version — the cache key of its
-results. The display ``name`` and the ``actors`` resources are not part of it.
+results. The label and the ``actors`` resources are not part of it.
 """
 
 from __future__ import annotations
@@ -64,8 +64,6 @@ class MethodConfig(Config):
     """Base of every method config; subclasses set ``kind`` and register with :func:`register_method`."""
 
     kind: str
-    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._+-]+$")
-    """Label in reports and MLflow (default: the kind). Must be unique within an evaluation."""
     seed: int = Field(default=0, ge=0)
     """Fixed seed of every clip's sampling: same weights and seed → same output."""
     actors: ActorConfig = ActorConfig()
@@ -74,10 +72,6 @@ class MethodConfig(Config):
     """Fields naming weights; the identity holds their content hash instead of their paths."""
     checkpoint_field: ClassVar[str] = "weights"
     """The field naming the weights that make this method what it is (recorded as the run's parent checkpoint)."""
-
-    @property
-    def label(self) -> str:
-        return self.name or self.kind
 
     @property
     def checkpoint_path(self) -> Path:
@@ -100,7 +94,7 @@ class MethodConfig(Config):
         return content_hash(self.weight_paths())
 
     def identity(self) -> dict:
-        data = self.model_dump(mode="json", exclude={"name", "actors", *self.weight_fields})
+        data = self.model_dump(mode="json", exclude={"actors", *self.weight_fields})
         data["weights_sha256"] = self.checkpoint_hash()
         prior = self.prior_method()
         data["prior"] = prior.identity() if prior is not None else None
