@@ -296,6 +296,16 @@ def test_dpo_reads_only_manifest_rows_and_splits_by_rank(tmp_path, clip_tokenize
         dpo(tmp_path / "none", clip_tokenizer)
 
 
+def test_dpo_in_a_torch_dataloader_with_workers(shard_dir, clip_tokenizer):
+    dataset = dpo(shard_dir, clip_tokenizer)
+    dataset[0]  # fills the row-group cache, which must not travel to the workers
+    loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=2, multiprocessing_context="fork")
+    batches = list(loader)
+    assert [len(b["neg_type"]) for b in batches] == [2, 2, 1]
+    assert batches[0]["pixel_values_pos"].shape == (2, 6, 3, 32, 32) and batches[0]["neg_type"].dtype == torch.int64
+    assert torch.equal(batches[2]["pixel_values_neg"][0], dataset[4]["pixel_values_neg"])
+
+
 # --- Ray Data path -----------------------------------------------------------------------------------------------
 
 

@@ -229,8 +229,7 @@ class FinetuneDataset(_TwoStepDataset):
         video = self.index[index]
         rng = sample_rng(self.seed, epoch, index)
         window = sample_window(video.num_frames, video.fps, self.config.clip, rng)
-        if window is None:
-            raise BadSample(video.path, f"too few frames: {video.num_frames} < {self.config.clip.nframes}")
+        assert window is not None, "build_clip_index keeps only videos with at least nframes frames"
         frames = video.read(window.indices)
         hole = random_moving_masks(len(frames), frames.shape[1], frames.shape[2], int(rng.integers(2**63)),
                                    self.config.masks)

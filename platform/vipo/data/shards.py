@@ -26,9 +26,13 @@ config_hash,
 created_at         timestamp[us, UTC]                           and when the row was made
 =================  ==========================================  ============================================
 
-Images are stored encoded (PNG or quality-95 JPEG frames, PNG masks): a 22×512×512 clip is ~9 MB as PNG and
-~2.5 MB as JPEG instead of 17 MB raw, and Parquet does not compress them again. Row groups are small (4 rows by
-default) so readers stream rows without holding a whole shard.
+Images are stored encoded (PNG or quality-95 JPEG frames, PNG masks): a 22×512×512 clip of real video is ~9 MB as
+PNG and ~2 MB as JPEG instead of 17 MB raw (``benchmarks/bench_data.py``), and Parquet does not compress them
+again. Row groups are small (4 rows by default) so readers stream rows without holding a whole shard.
+
+Writing: :func:`encode_clip` makes a row from a :class:`ClipRecord`; :class:`ShardWriter` writes rows to one shard
+and :meth:`Manifest.add_shard` / :meth:`Manifest.mark_skipped` + :meth:`Manifest.save` record them. From Ray Data,
+``ds.write_datasink(vipo.data.ray_io.ClipShardDatasink(folder))`` does all three.
 
 Region masks (hole / boundary / context) are NOT stored: they are a pure function of the hole mask and the
 boundary width, recomputed by the loader. That keeps shards small and lets the boundary width be tuned without
