@@ -6,6 +6,7 @@ The end-to-end recipe run through Ray Train lives in ``test_stage3_recipe.py``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -37,16 +38,27 @@ def expected_spatial_projections(config: dict) -> int:
     return (down + up + 1) * 2 * 4
 
 
-def tiny_policy(seed: int = 0, rank: int = 4, alpha: float = 8.0, motion: bool = True) -> PairDenoiser:
+def build_policy(motion: bool = True) -> PairDenoiser:
     """A tiny DiffuEraser, stage 2 (motion UNet + BrushNet) or stage 1 (2-D UNet), frozen, with a fresh
-    spatial-attention LoRA."""
-    torch.manual_seed(seed)
+    spatial-attention LoRA (rank 4, alpha 8; B = 0)."""
+    torch.manual_seed(0)
     unet_2d = tiny_unet()
     unet = UNetMotionModel.from_unet2d(unet_2d, tiny_motion_adapter()) if motion else unet_2d
     policy = PairDenoiser(unet, tiny_brushnet(unet_2d))
     policy.requires_grad_(False)
-    add_spatial_lora(policy.unet, rank=rank, alpha=alpha)
+    add_spatial_lora(policy.unet, rank=4, alpha=8)
     return policy
+
+
+@pytest.fixture(scope="module")
+def stage2_policy() -> PairDenoiser:
+    return build_policy()
+
+
+@pytest.fixture
+def policy(stage2_policy) -> PairDenoiser:
+    """A fresh copy per test (building one costs seconds on a loaded machine)."""
+    return copy.deepcopy(stage2_policy)
 
 
 def synthetic_pairs(seed: int = 0) -> PreferenceInputs:
@@ -78,8 +90,7 @@ def dpo_loss(predictions, inputs: PreferenceInputs):
                             predictions.ref_win, predictions.ref_lose, inputs.regions)
 
 
-def test_lora_targets_exactly_the_spatial_attention_projections():
-    policy = tiny_policy()
+def test_lora_targets_exactly_the_spatial_attention_projections(policy):
     names = lora_targets(policy)
     assert len(names) == expected_spatial_projections(TINY_UNET_CONFIG) == 128
     assert all(".attentions." in n and n.rsplit(".", 1)[-1] in {"to_q", "to_k", "to_v"} or n.endswith("to_out.0")
@@ -95,8 +106,8 @@ def test_lora_targets_exactly_the_spatial_attention_projections():
     assert all(p.requires_grad == ("lora_" in n) for n, p in policy.named_parameters())
 
 
-def test_brushnet_runs_once_and_policy_equals_reference_at_start():
-    policy, inputs = tiny_policy(), synthetic_pairs()
+def test_brushnet_runs_once_and_policy_equals_reference_at_start(policy):
+    inputs = synthetic_pairs()
     calls = []
     policy.brushnet.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
     predictions = pair_predictions(policy, policy, Reference(policy, adapter_off=True), inputs, SCHEDULER,
@@ -114,8 +125,20 @@ def test_brushnet_runs_once_and_policy_equals_reference_at_start():
     assert DPOHealthMonitor().check(0, stats) == []
 
 
-def test_step0_health_check_raises_when_noise_is_not_shared():
-    policy, inputs = tiny_policy(), synthetic_pairs()
+def test_bf16_autocast_keeps_policy_and_reference_identical_and_the_loss_in_fp32(policy):
+    inputs = synthetic_pairs()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        predictions = pair_predictions(policy, policy, Reference(policy, adapter_off=True), inputs, SCHEDULER,
+                                       torch.float32)
+        with torch.autocast("cpu", enabled=False):  # what the recipe does around the loss
+            loss, stats = dpo_loss(predictions, inputs)
+    assert predictions.policy_win.dtype == torch.bfloat16
+    assert torch.equal(predictions.policy_win, predictions.ref_win)
+    assert loss.dtype == torch.float32 and stats["s"].dtype == torch.float32 and stats["s"].eq(0).all()
+
+
+def test_step0_health_check_raises_when_noise_is_not_shared(policy):
+    inputs = synthetic_pairs()
     reference = Reference(policy, adapter_off=True)
     shared = pair_predictions(policy, policy, reference, inputs, SCHEDULER, torch.float32)
     # The classic bug: the reference pass draws its own ε (here for the same latents and t).
@@ -131,7 +154,7 @@ def test_step0_health_check_raises_when_noise_is_not_shared():
 def fitted():
     """20 AdamW steps of the real forward + Region-Reg-DPO loss on a fixed tiny preference set (fixed t, ε); the
     stage-1 (2-D) model keeps it quick, the LoRA and reference mechanics are those of stage 2."""
-    policy, inputs = tiny_policy(motion=False), synthetic_pairs()
+    policy, inputs = build_policy(motion=False), synthetic_pairs()
     reference = Reference(policy, adapter_off=True)
     before = {n: p.detach().clone() for n, p in policy.named_parameters()}
     probe = {"sample": torch.randn(4, 4, LATENT, LATENT), "timestep": torch.tensor([500]),
@@ -172,16 +195,18 @@ def test_only_lora_parameters_change_and_the_reference_never_does(fitted):
     assert torch.equal(ref_before, ref_after)
 
 
-def test_reference_with_separate_weights_runs_on_its_own_brushnet_and_offloads():
-    policy = tiny_policy()
-    torch.manual_seed(0)  # the same weights as the policy's base, as a frozen copy would have
-    unet_2d = tiny_unet()
-    copy = PairDenoiser(UNetMotionModel.from_unet2d(unet_2d, tiny_motion_adapter()), tiny_brushnet(unet_2d))
-    copy.requires_grad_(False)
-    reference = Reference(copy, adapter_off=False, offload=True, own_modules=[copy.unet, copy.brushnet])
+def test_reference_with_separate_weights_runs_on_its_own_brushnet_and_offloads(policy):
+    frozen_copy = copy.deepcopy(policy)  # the policy's starting weights, as a full-tuning reference holds them
+    frozen_copy.unet.unload_lora()
+    reference = Reference(frozen_copy, adapter_off=False, offload=True,
+                          own_modules=[frozen_copy.unet, frozen_copy.brushnet])
+    calls = []
+    for brushnet in (policy.brushnet, frozen_copy.brushnet):
+        brushnet.register_forward_hook(lambda module, args, output: calls.append(module))
     predictions = pair_predictions(policy, policy, reference, synthetic_pairs(), SCHEDULER, torch.float32)
     assert torch.equal(predictions.policy_win, predictions.ref_win)
-    assert next(copy.unet.parameters()).device.type == "cpu"
+    assert calls == [frozen_copy.brushnet, policy.brushnet]  # not shared: each pass runs its own
+    assert next(frozen_copy.unet.parameters()).device.type == "cpu"
 
 
 def test_lora_regex_is_a_full_match():

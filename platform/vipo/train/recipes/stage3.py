@@ -17,6 +17,7 @@ Launch: ``vipo generate jobs/configs/generate_demo.yaml`` then ``vipo train jobs
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -145,7 +146,7 @@ class Stage3Recipe:
             return
         self._checked_step = step
         for warning in self.health.check(step, stats):
-            tqdm.write(f"warning: DPO health [{warning.code}] {warning.message}")
+            tqdm.write(f"warning: DPO health [{warning.code}] {warning.message}", file=sys.stderr)
             self.loop.logger.set_tags({f"vipo.health.{warning.code}": warning.message})
 
     def save_checkpoint(self, directory: Path) -> None:
