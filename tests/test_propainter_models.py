@@ -114,12 +114,14 @@ def _translated_video(num_frames: int, shift: tuple[int, int], size: tuple[int, 
     yy, xx = torch.meshgrid(torch.arange(h + 2 * margin), torch.arange(w + 2 * margin), indexing="ij")
     texture = torch.stack([torch.sin(xx * 0.9 + yy * 0.4), torch.cos(yy * 1.3 - xx * 0.2),
                            torch.sin(xx * yy * 0.05)])  # distinct values at every pixel
-    frames = [texture[:, margin - t * shift[1]:margin - t * shift[1] + h, margin - t * shift[0]:margin - t * shift[0] + w]
-              for t in range(num_frames)]
+    top = [margin - t * shift[1] for t in range(num_frames)]
+    left = [margin - t * shift[0] for t in range(num_frames)]
+    frames = [texture[:, top[t]:top[t] + h, left[t]:left[t] + w] for t in range(num_frames)]
     return torch.stack(frames).unsqueeze(0)
 
 
-def _constant_flows(num_frames: int, shift: tuple[int, int], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def _constant_flows(num_frames: int, shift: tuple[int, int],
+                    size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     # Frame t+1 at p + shift shows what frame t shows at p: forward flow = +shift, backward flow = -shift.
     forward = torch.tensor(shift, dtype=torch.float32).view(1, 1, 2, 1, 1).expand(1, num_frames - 1, 2, *size)
     return forward.clone(), -forward.clone()
@@ -334,3 +336,13 @@ def test_discriminator_scores_a_4x7_patch_grid_per_frame():
     with torch.no_grad():
         scores = Discriminator()(torch.rand(1, 2, 3, 240, 432) * 2 - 1)
     assert scores.shape == (1, 2, 128, 4, 7)
+
+
+@pytest.mark.parametrize("model_cls", [RecurrentFlowCompleteNet, Discriminator])
+def test_save_pretrained_round_trip(model_cls, tmp_path):
+    torch.manual_seed(0)
+    model = model_cls()
+    model.save_pretrained(tmp_path)
+    restored = model_cls.from_pretrained(tmp_path).state_dict()
+    for key, value in model.state_dict().items():
+        assert torch.equal(restored[key], value), key  # spectral-norm u/v buffers included

@@ -22,8 +22,9 @@ from vipo.pipelines.propainter import (
 )
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "DAVIS"
-# Small and fast: one RAFT update, half-size processing (90x160 -> 40x80, also exercising the resize path).
-KNOBS = {"raft_iterations": 1, "resize_ratio": 0.5, "progress": False}
+# Small and fast: one RAFT update, half-size processing (90x160 -> 40x80, also exercising the resize path); short
+# windows and references so that 5 frames give overlapping windows ([0-2] + ref 3, [0-4], [2-4] + ref 0).
+KNOBS = {"raft_iterations": 1, "resize_ratio": 0.5, "neighbor_length": 4, "ref_stride": 3, "progress": False}
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ import cv2
 import numpy as np
 import torch
 from pydantic import Field
-from torch import Tensor
 from torchvision.models.optical_flow import RAFT, raft_large
 from tqdm.auto import tqdm
 
@@ -55,7 +54,7 @@ class ProPainterConfig(Config):
     """Inference knobs; defaults are upstream ``inference_propainter.py``'s."""
 
     subvideo_length: int = Field(default=80, ge=2, description="frames per sub-video (bounds device memory)")
-    context_length: int = Field(default=10, ge=0, description="extra frames on each side of a sub-video")
+    context_length: int = Field(default=10, ge=0, description="extra frames on each side of a sub-video (vipo's)")
     neighbor_length: int = Field(default=10, ge=2, description="local window; windows step by half of it")
     ref_stride: int = Field(default=10, ge=1, description="every ref_stride-th frame is a reference")
     resize_ratio: float = Field(default=1.0, gt=0, le=4, description="processing size / input size")
@@ -143,14 +142,16 @@ class ProPainterPipeline:
             if not path.is_file():
                 raise FileNotFoundError(f"ProPainter weight file not found: {path} "
                                         f"(put {', '.join(WEIGHT_FILES.values())} in {path.parent})")
-        models = {"raft": raft_large(weights=None), "flow_completion": RecurrentFlowCompleteNet(),
-                  "generator": InpaintGenerator()}
-        for name, model in models.items():
+        builders = {"raft": lambda: raft_large(weights=None), "flow_completion": RecurrentFlowCompleteNet,
+                    "generator": InpaintGenerator}
+        models = {}
+        for name, build in builders.items():
             try:
                 state_dict = torch.load(paths[name], map_location="cpu", weights_only=True)
             except Exception as err:  # torch.load fails in many ways (pickle, zip, EOF) on a bad file
                 raise ValueError(f"{paths[name]}: cannot be read as a PyTorch checkpoint "
                                  f"({type(err).__name__}); download it again") from None
+            models[name] = model = build()
             try:
                 if name == "raft":
                     state_dict = convert_raft_state_dict(state_dict)
@@ -200,7 +201,7 @@ class ProPainterPipeline:
         return windows
 
     @torch.no_grad()
-    def _inpaint_clip(self, frames: np.ndarray, holes: np.ndarray, keep: range, progress: tqdm) -> np.ndarray:
+    def _inpaint_clip(self, frames: np.ndarray, holes: np.ndarray, keep: range, bar: tqdm) -> np.ndarray:
         """Run one clip. frames (T,h,w,3) uint8, holes (T,h,w) bool -> (len(keep),h,w,3) float32 in [0,255] for the
         clip frames in ``keep``: the prediction averaged over windows inside the holes, the input outside."""
         # 1. Tensors on the device, frames in [-1,1], holes 1 = hole.
@@ -234,7 +235,7 @@ class ProPainterPipeline:
                 composed = np.where(holes[i, :, :, None], frame, frames[i].astype(np.float32))
                 result[k] = 0.5 * result[k] + 0.5 * composed if written[k] else composed
                 written[k] = True
-            progress.update(1)
+            bar.update(1)
         return result
 
     def __call__(self, frames: np.ndarray, hole_masks: np.ndarray) -> np.ndarray:

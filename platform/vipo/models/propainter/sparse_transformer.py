@@ -6,8 +6,6 @@ Tokens are overlapping 7x7 patches (stride 3, padding 3) of the 1/4-resolution f
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
