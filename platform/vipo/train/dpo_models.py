@@ -104,12 +104,13 @@ class ReferenceSettings(Config):
         return self
 
 
-def _load(model: Stage3ModelSettings, device: torch.device, dtype: torch.dtype, start: Path | None
-          ) -> tuple[FrozenEncoders, nn.Module, nn.Module]:
+def _load(model: Stage3ModelSettings, device: torch.device, dtype: torch.dtype, unet_from: Path | None,
+          brushnet_from: Path | None) -> tuple[FrozenEncoders, nn.Module, nn.Module]:
+    """Encoders and the ``unet_main``/``brushnet`` of export folders (None: the layout's defaults)."""
     return load_models(
         model.weights_root, stage=model.stage, device=device, frozen_dtype=dtype,
-        unet_path=start / "unet_main" if start else None,
-        brushnet_path=start / "brushnet" if start and (start / "brushnet").is_dir() else None,
+        unet_path=unet_from / "unet_main" if unet_from else None,
+        brushnet_path=brushnet_from / "brushnet" if brushnet_from else None,
     )
 
 
@@ -119,7 +120,7 @@ def load_policy(model: Stage3ModelSettings, tuning: TuningSettings, device: torc
     ``model.parent`` or, when resuming, from a checkpoint's ``weights`` folder (:func:`save_policy`)."""
     full_stage1 = tuning.scope == "full" and model.stage == 1
     start = weights if full_stage1 and weights is not None else model.parent
-    frozen, unet, brushnet = _load(model, device, frozen_dtype, start)
+    frozen, unet, brushnet = _load(model, device, frozen_dtype, start, start)
     if tuning.scope == "lora":
         unet.requires_grad_(False)
         brushnet.requires_grad_(False)
@@ -142,10 +143,11 @@ def build_reference(model: Stage3ModelSettings, tuning: TuningSettings, referenc
     (a DeepSpeed bf16 engine casts the policy), so both start bit-identical."""
     if tuning.scope == "lora" and reference.path is None:
         return Reference(policy, adapter_off=True)
-    start = reference.path or model.parent
-    _, unet, brushnet = _load(model, torch.device("cpu") if reference.offload else device, torch.float32, start)
-    brushnet_is_frozen = not any(p.requires_grad for p in policy.brushnet.parameters())
-    own_brushnet = (reference.path is not None and (reference.path / "brushnet").is_dir()) or not brushnet_is_frozen
+    reference_brushnet = reference.path is not None and (reference.path / "brushnet").is_dir()
+    brushnet_trains = any(p.requires_grad for p in policy.brushnet.parameters())
+    own_brushnet = reference_brushnet or brushnet_trains
+    _, unet, brushnet = _load(model, torch.device("cpu") if reference.offload else device, torch.float32,
+                              reference.path or model.parent, reference.path if reference_brushnet else model.parent)
     denoiser = PairDenoiser(unet, brushnet if own_brushnet else policy.brushnet).requires_grad_(False).eval()
     own = [unet, brushnet] if own_brushnet else [unet]
     for module in own:
