@@ -38,14 +38,15 @@ def run_on_ray(stage: EvaluateStage, clip_ids: list[str]) -> Iterator[ClipScores
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the job shows one clips-done bar per method instead
     dataset = ray.data.from_items([{"clip_id": clip_id} for clip_id in clip_ids], override_num_blocks=len(clip_ids))
+    actors = stage.actors
     dataset = dataset.map_batches(
         _StageActor,
         fn_constructor_kwargs={"stage": stage},
-        batch_size=stage.batch_size,
+        batch_size=actors.batch_size,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=min(stage.pool_size, len(clip_ids))),
-        num_cpus=stage.num_cpus,
-        num_gpus=stage.num_gpus,
+        compute=ray.data.ActorPoolStrategy(size=min(actors.pool_size, len(clip_ids))),
+        num_cpus=actors.num_cpus,
+        num_gpus=actors.num_gpus,
     )
     for row in dataset.iter_rows():
         yield ClipScores.from_json(row["scores"])

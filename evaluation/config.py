@@ -27,7 +27,8 @@ class ReportConfig(Config):
     """Frames (evenly spaced) in each clip's PNG strip; the GIF shows every frame."""
     max_strip_clips: int | None = Field(default=None, ge=1)
     """Side-by-side strips for at most this many clips (default: all)."""
-    gif_max_width: int = Field(default=1600, ge=64)
+    gif_max_width: int = Field(default=1280, ge=64)
+    """The GIF strips are shrunk to at most this width (px)."""
 
 
 MethodLabel = Annotated[str, Field(pattern=r"^[A-Za-z0-9._+-]+$")]
@@ -70,7 +71,7 @@ class CompareConfig(Config):
     sqlite database of ``output_dir``). The report goes to ``<output_dir>/reports/``.
     """
 
-    benchmark: str = Field(min_length=1)
+    benchmark: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
     output_dir: Annotated[Path | None, AfterValidator(_resolve)] = None
     baseline: str | None = None
     """Label of the baseline method (default: the baseline of the latest evaluation of this benchmark)."""

@@ -58,7 +58,7 @@ def _evaluate_method(config: EvaluateConfig, label: str, method: MethodConfig, b
     todo = [clip_id for clip_id in benchmark.clip_ids if clip_id not in stored]
     if todo:
         stage = EvaluateStage(label, method, method_hash, prior.method_hash() if prior else None, config.scoring,
-                              scores_key, benchmark.root, cache.root, reuse_predictions=config.reuse_cache)
+                              benchmark.root, cache.root, reuse_predictions=config.reuse_cache)
         for scores in tqdm(run_on_ray(stage, todo), total=len(todo), desc=f"evaluate {label}", unit="clip"):
             cache.save_scores(benchmark.hash, method_hash, scores_key, scores)
             stored[scores.clip_id] = scores
@@ -78,21 +78,21 @@ def _print_means(report: Report, metrics: list[str]) -> None:
 
 def evaluate(config: EvaluateConfig) -> Evaluation:
     """Run the evaluation of ``config`` (see the module docstring) → :class:`Evaluation`."""
+    scores_key = scoring_hash(config.scoring)  # fails here when LPIPS/RAFT weights are missing
     init_ray(config.ray)
     output_dir = config.output_dir
     benchmark = materialize(config.benchmark, output_dir / "benchmarks")
     print(f"benchmark {benchmark.name} {benchmark.hash}: {len(benchmark.clips)} clips, {benchmark.num_frames} "
           f"frames at {benchmark.width}x{benchmark.height} ({benchmark.root})")
     cache = ResultCache(output_dir / "results")
-    scores_key = scoring_hash(config.scoring)
     metrics = list(config.scoring.metrics)
     results = [_evaluate_method(config, label, method, benchmark, cache, scores_key)
                for label, method in config.methods.items()]
 
     tracking_uri = resolve_tracking_uri(config.tracking, output_dir) if config.tracking.enabled else None
     experiment, artifact_root = config.tracking.experiment, output_dir / "mlartifacts"
+    tags = run_identity(config)
     if tracking_uri:
-        tags = run_identity(config)
         for method, result in zip(config.methods.values(), results):
             result.run_id = log_method_run(
                 tracking_uri, experiment, artifact_root, benchmark_name=benchmark.name, benchmark_hash=benchmark.hash,
@@ -105,7 +105,7 @@ def evaluate(config: EvaluateConfig) -> Evaluation:
     if tracking_uri:
         log_compare_run(tracking_uri, experiment, artifact_root, benchmark_name=benchmark.name,
                         benchmark_hash=benchmark.hash, scoring_hash=scores_key, baseline=report.baseline,
-                        report_dir=report.folder, metrics=report.delta_metrics(), tags=run_identity(config))
+                        report_dir=report.folder, metrics=report.delta_metrics(), tags=tags)
     _print_means(report, metrics)
     ordered = [r for r in results if r.label == report.baseline] + [r for r in results if r.label != report.baseline]
     return Evaluation(benchmark, ordered, report)

@@ -144,33 +144,37 @@ def _columns(benchmark: Benchmark, clip_id: str, results: list[MethodResult]) ->
     return columns
 
 
-def _grid(columns: list[tuple[str, np.ndarray]], frame_indices: list[int], scale: int) -> Image.Image:
-    """Rows = frames, columns = sources, with a title row; each frame enlarged ``scale`` times (nearest)."""
-    height, width = columns[0][1].shape[1:3]
-    cell_h, cell_w = height * scale, width * scale
+def _grid(columns: list[tuple[str, np.ndarray]], frame_indices: list[int], cell: tuple[int, int]) -> Image.Image:
+    """Rows = frames, columns = sources, under a title row; each frame resized to ``cell`` = (width, height)."""
+    cell_w, cell_h = cell
+    height = columns[0][1].shape[1]
+    resample = Image.NEAREST if cell_h >= height else Image.BOX  # crisp pixels up, no aliasing down
     canvas = Image.new("RGB", (cell_w * len(columns), _HEADER_PX + cell_h * len(frame_indices)), "white")
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default()
     for column, (title, video) in enumerate(columns):
         draw.text((column * cell_w + 2, 1), title, fill="black", font=font)
         for row, index in enumerate(frame_indices):
-            tile = Image.fromarray(video[index]).resize((cell_w, cell_h), Image.NEAREST)
+            tile = Image.fromarray(video[index]).resize((cell_w, cell_h), resample)
             canvas.paste(tile, (column * cell_w, _HEADER_PX + row * cell_h))
     return canvas
 
 
 def _strips(folder: Path, benchmark: Benchmark, clip_ids: list[str], results: list[MethodResult],
             config: ReportConfig) -> list[str]:
+    """A PNG (``strip_frames`` rows, frames enlarged to at least 96 px) and a GIF (every frame, at most
+    ``gif_max_width`` wide) per clip."""
     folder.mkdir(parents=True, exist_ok=True)
-    scale = max(1, math.ceil(_MIN_CELL_HEIGHT / benchmark.height))
-    frame_count = benchmark.num_frames
+    height, width, frame_count = benchmark.height, benchmark.width, benchmark.num_frames
+    scale = max(1, math.ceil(_MIN_CELL_HEIGHT / height))
     rows = sorted(set(np.linspace(0, frame_count - 1, min(config.strip_frames, frame_count)).round().astype(int)))
     written = []
     for clip_id in clip_ids[: config.max_strip_clips]:
         columns = _columns(benchmark, clip_id, results)
-        _grid(columns, rows, scale).save(folder / f"{clip_id}.png")
-        gif_scale = max(1, min(scale, config.gif_max_width // (benchmark.width * len(columns))))
-        frames = [_grid(columns, [index], gif_scale) for index in range(frame_count)]
+        _grid(columns, rows, (width * scale, height * scale)).save(folder / f"{clip_id}.png")
+        gif_scale = min(scale, config.gif_max_width / (width * len(columns)))
+        gif_cell = (max(1, round(width * gif_scale)), max(1, round(height * gif_scale)))
+        frames = [_grid(columns, [index], gif_cell) for index in range(frame_count)]
         frames[0].save(folder / f"{clip_id}.gif", save_all=True, append_images=frames[1:], duration=125, loop=0)
         written.append(clip_id)
     return written

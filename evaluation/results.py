@@ -6,7 +6,7 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +28,6 @@ class MethodResult:
     scores: dict[str, ClipScores]
     predictions_dir: Path | None = None
     run_id: str | None = None
-    tags: dict[str, str] = field(default_factory=dict)
 
     def values(self, metric: str, clip_ids: list[str]) -> np.ndarray:
         """``(len(clip_ids),)`` values of ``metric`` (NaN where a clip lacks it)."""

@@ -141,7 +141,7 @@ def find_benchmark_runs(tracking_uri: str, experiment: str, benchmark: str) -> B
                 label, tags[f"{TAG}method_kind"], tags[f"{TAG}method_hash"], tags[f"{TAG}checkpoint_hash"],
                 MethodResult.scores_from_json(Path(local).read_text()),
                 predictions if predictions is not None and predictions.is_dir() else None,
-                run.info.run_id, dict(tags),
+                run.info.run_id,
             )
     compares = _finished_runs(client, experiment,
                               f"tags.`{TAG}role` = 'compare' and tags.`{TAG}benchmark_hash` = '{benchmark_hash}'")

@@ -27,6 +27,8 @@ from evaluation.metrics import (
     to_video_tensor,
     warping_error,
 )
+from evaluation.metrics.lpips_metric import _find_backbone_checkpoint
+from evaluation.metrics.warping import _raft_checkpoint
 from vipo.config import Config, ExistingPath
 from vipo.generate.candidates import hard_composite
 from vipo.tracking import file_hash
@@ -77,12 +79,18 @@ class ScoringConfig(Config):
     ring_px: int = Field(default=3, ge=1)
 
     def identity(self) -> dict:
-        """What determines the scores: settings plus the content hashes of the weight files (not their paths)."""
+        """What determines the scores: the settings plus the content hashes of the LPIPS trunk and RAFT weights
+        actually found (config path or torch hub cache; not the paths). Missing weights fail here, before any run."""
         data = self.model_dump(mode="json", exclude={"lpips_backbone_weights", "raft_weights"})
         data["metrics"] = sorted(self.metrics)
-        for name in ("lpips_backbone_weights", "raft_weights"):
-            path = getattr(self, name)
-            data[name] = file_hash(path) if path is not None else None
+        wanted = set(self.metrics)
+        if _LPIPS & wanted:
+            trunk = _find_backbone_checkpoint(self.lpips_net, self.lpips_backbone_weights)
+            if trunk is None and not self.allow_random_lpips_backbone:
+                get_lpips(self.lpips_net)  # raises FileNotFoundError naming the file to provide
+            data["lpips_trunk"] = file_hash(trunk) if trunk is not None else "random"
+        if _EWARP & wanted and self.flow == "raft":
+            data["raft"] = file_hash(_raft_checkpoint(self.raft_weights))
         return data
 
 

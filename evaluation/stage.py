@@ -17,7 +17,7 @@ import numpy as np
 
 from evaluation.benchmark import Benchmark
 from evaluation.cache import ClipScores, ResultCache
-from evaluation.methods import Inpaint, MethodConfig
+from evaluation.methods import ActorConfig, Inpaint, MethodConfig
 from evaluation.scoring import Scorer, ScoringConfig
 from vipo.generate.models import pick_device
 
@@ -28,7 +28,7 @@ __all__ = ["EvaluateStage"]
 class EvaluateStage:
     """Evaluates ``method`` on clips of the benchmark at ``benchmark_dir``; results go to ``cache_dir``.
 
-    ``method_hash``/``scoring_hash`` are computed once on the driver (hashing weights is not the actors' job).
+    ``method_hash``/``prior_hash`` are computed once on the driver (hashing weights is not the actors' job).
     """
 
     label: str
@@ -36,7 +36,6 @@ class EvaluateStage:
     method_hash: str
     prior_hash: str | None
     scoring: ScoringConfig
-    scoring_hash: str
     benchmark_dir: Path
     cache_dir: Path
     reuse_predictions: bool = True
@@ -44,24 +43,13 @@ class EvaluateStage:
     device: str = field(default="cpu", init=False)
 
     @property
-    def num_gpus(self) -> float:
-        return self.method.actors.num_gpus
-
-    @property
-    def num_cpus(self) -> float:
-        return self.method.actors.num_cpus
-
-    @property
-    def batch_size(self) -> int:
-        return self.method.actors.batch_size
-
-    @property
-    def pool_size(self) -> int:
-        return self.method.actors.pool_size
+    def actors(self) -> ActorConfig:
+        """Resources and sizes of this stage's actor pool (the method's ``actors``)."""
+        return self.method.actors
 
     def setup(self) -> None:
         """Per actor: pick the device, open the benchmark and cache, build the scorer's networks."""
-        self.device = pick_device(self.num_gpus)
+        self.device = pick_device(self.actors.num_gpus)
         self._benchmark = Benchmark.open(self.benchmark_dir)
         self._cache = ResultCache(self.cache_dir)
         self._scorer = Scorer(self.scoring).setup(self.device)
@@ -81,24 +69,23 @@ class EvaluateStage:
         prior_method = self.method.prior_method()
         if prior_method is None:
             return None
-        benchmark_hash = self._benchmark.hash
         prior = self._stored(self.prior_hash, clip_id)
         if prior is None:
             prior = self._model(prior_method, "prior")(frames, hole, None)
-            self._cache.save_prediction(benchmark_hash, self.prior_hash, clip_id, prior)
+            self._cache.save_prediction(self._benchmark.hash, self.prior_hash, clip_id, prior)
         return prior
 
     def process(self, clip_id: str) -> ClipScores:
         """Predict (or read the stored prediction of) one clip and score it."""
         frames, hole = self._benchmark.load_clip(clip_id)
-        benchmark_hash = self._benchmark.hash
         prediction = self._stored(self.method_hash, clip_id)
         seconds = float("nan")  # inference time is unknown for a prediction made by an earlier run
         if prediction is None:
             try:
                 prior = self._prior(clip_id, frames, hole)
+                inpaint = self._model(self.method, "method")
                 start = time.perf_counter()
-                prediction = self._model(self.method, "method")(frames, hole, prior)
+                prediction = inpaint(frames, hole, prior)
                 seconds = time.perf_counter() - start
             except Exception as err:
                 raise RuntimeError(f"method {self.label} failed on clip {clip_id} of benchmark "
@@ -106,7 +93,7 @@ class EvaluateStage:
             if prediction.shape != frames.shape or prediction.dtype != np.uint8:
                 raise ValueError(f"method {self.label} returned {prediction.dtype} {prediction.shape} for "
                                  f"clip {clip_id}; expected uint8 {frames.shape}")
-            self._cache.save_prediction(benchmark_hash, self.method_hash, clip_id, prediction)
+            self._cache.save_prediction(self._benchmark.hash, self.method_hash, clip_id, prediction)
         metrics = self._scorer.score(frames, hole, prediction)
         return ClipScores(clip_id, metrics, seconds, self.device, {"frames": int(len(frames))})
 

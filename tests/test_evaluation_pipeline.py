@@ -22,8 +22,8 @@ from evaluation.benchmark import BenchmarkConfig, FolderMasks, RandomMasks, mate
 from evaluation.cache import ResultCache
 from evaluation.config import EvaluateConfig
 from evaluation.demo_weights import write_demo_weights
-from evaluation.job import evaluate, scoring_hash
-from evaluation.methods import DiffuEraserLoraMethod, DiffuEraserMethod, ProPainterMethod
+from evaluation.job import evaluate
+from evaluation.methods import DiffuEraserLoraMethod, ProPainterMethod
 from evaluation.paired import paired_delta
 from evaluation.runs import TAG
 from evaluation.scoring import METRICS, ScoringConfig
@@ -351,8 +351,8 @@ def test_new_metrics_rescore_stored_predictions_without_the_model(evaluation, de
     monkeypatch.setattr(ProPainterMethod, "load", no_model)
     method = demo_config.methods["propainter"]
     scoring = ScoringConfig(metrics=["psnr_hole"])
-    stage = EvaluateStage("propainter", method, method.method_hash(), None, scoring, scoring_hash(scoring),
-                          evaluation.benchmark.root, demo_config.output_dir / "results")
+    stage = EvaluateStage("propainter", method, method.method_hash(), None, scoring, evaluation.benchmark.root,
+                          demo_config.output_dir / "results")
     stage.setup()
     clip_id = evaluation.benchmark.clip_ids[1]
     rescored = stage.process(clip_id)

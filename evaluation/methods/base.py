@@ -1,8 +1,9 @@
 """What every evaluation method is: a registered config class that loads its model once per actor.
 
 A method's fields are its config (weights, knobs, seed) plus ``actors``, the resources of the actor pool that runs
-it; its label is its key in the evaluation config's ``methods:`` mapping. ``load(device)`` builds the model and returns an :data:`Inpaint` function; the evaluation stage calls it once per
-actor (:mod:`evaluation.stage`). Methods never import Ray.
+it; its label is its key in the evaluation config's ``methods:`` mapping. ``load(device)`` builds the model and
+returns an :data:`Inpaint` function; the evaluation stage calls it once per actor (:mod:`evaluation.stage`).
+Methods never import Ray.
 
 Identity: ``method_hash()`` covers the content of the weight files the method loads (not their paths), every knob
 that changes the output (the seed included), the prior's identity and the vipo version — the cache key of its
