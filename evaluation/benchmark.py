@@ -103,15 +103,18 @@ class BenchmarkConfig(Config):
         return self
 
     def selected_names(self) -> list[str] | None:
+        """The video names asked for (``videos`` or ``video_list``), or None for every video of the source."""
         if self.videos is not None:
             return list(self.videos)
         if self.video_list is None:
             return None
         text = self.video_list.read_text()
-        if self.video_list.suffix == ".json":
-            listed = json.loads(text)
-            return list(listed) if isinstance(listed, (list, dict)) else []
-        return [line.strip() for line in text.splitlines() if line.strip()]
+        if self.video_list.suffix != ".json":
+            return [line.strip() for line in text.splitlines() if line.strip()]
+        listed = json.loads(text)
+        if not isinstance(listed, (list, dict)):
+            raise ValueError(f"{self.video_list}: expected a JSON list of video names or an object keyed by them")
+        return [str(name) for name in listed]
 
 
 @dataclass(frozen=True)

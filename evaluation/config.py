@@ -31,7 +31,7 @@ class ReportConfig(Config):
     """The GIF strips are shrunk to at most this width (px)."""
 
 
-MethodLabel = Annotated[str, Field(pattern=r"^[A-Za-z0-9._+-]+$")]
+MethodLabel = Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")]  # also an MLflow metric-name part
 
 
 class EvaluateConfig(JobConfig):

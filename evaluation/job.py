@@ -70,9 +70,10 @@ def _evaluate_method(config: EvaluateConfig, label: str, method: MethodConfig, b
 
 def _print_means(report: Report, metrics: list[str]) -> None:
     width = max(len(label) for label in report.means) + 2
-    print("method".ljust(width) + "".join(f"{m:>14}" for m in metrics))
+    columns = [max(len(m) + 2, 10) for m in metrics]
+    print("method".ljust(width) + "".join(f"{m:>{c}}" for m, c in zip(metrics, columns)))
     for label, means in report.means.items():
-        print(label.ljust(width) + "".join(f"{means[m]:>14.4f}" for m in metrics))
+        print(label.ljust(width) + "".join(f"{means[m]:>{c}.4f}" for m, c in zip(metrics, columns)))
     print(f"report: {report.index}")
 
 

@@ -149,4 +149,4 @@ def find_benchmark_runs(tracking_uri: str, experiment: str, benchmark: str) -> B
     benchmark_dir = Path(latest[f"{TAG}benchmark_dir"]) if latest.get(f"{TAG}benchmark_dir") else None
     return BenchmarkRuns(latest[f"{TAG}benchmark"], benchmark_hash,
                          benchmark_dir if benchmark_dir is not None and benchmark_dir.is_dir() else None,
-                         scoring_hash, list(results.values()), baseline, other_hashes)
+                         scoring_hash, sorted(results.values(), key=lambda r: r.label), baseline, other_hashes)

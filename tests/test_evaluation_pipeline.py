@@ -23,7 +23,13 @@ from evaluation.cache import ResultCache
 from evaluation.config import EvaluateConfig
 from evaluation.demo_weights import write_demo_weights
 from evaluation.job import evaluate
-from evaluation.methods import DiffuEraserLoraMethod, ProPainterMethod
+from evaluation.methods import (
+    CheckpointMethod,
+    DiffuEraserLoraMethod,
+    DiffuEraserMethod,
+    ProPainterMethod,
+    apply_lora,
+)
 from evaluation.paired import paired_delta
 from evaluation.runs import TAG
 from evaluation.scoring import METRICS, ScoringConfig
@@ -252,6 +258,26 @@ def test_lora_method_refuses_an_adapter_that_changes_nothing(tmp_path, weights):
     shutil.copytree(weights["diffueraser"] / "diffuEraser", not_merged)  # unet_main/ + brushnet/ of the base
     with pytest.raises(ValueError, match="not merged"):
         DiffuEraserLoraMethod(weights=weights["diffueraser"], adapter=not_merged).load("cpu")
+
+
+def test_export_and_its_adapter_load_the_same_unet(weights, tmp_path):
+    """``checkpoint`` on a stage-3 export and ``diffueraser+lora`` on its ``lora/`` give equal main UNets, both
+    different from the base; a folder that is no export names what it lacks."""
+    import torch
+
+    export = CheckpointMethod(weights=weights["diffueraser"], path=weights["stage3"], pcm_steps=None)
+    adapter = DiffuEraserLoraMethod(weights=weights["diffueraser"], adapter=weights["stage3"] / "lora", pcm_steps=None)
+    base = DiffuEraserMethod(weights=weights["diffueraser"], pcm_steps=None)
+    assert len({export.method_hash(), adapter.method_hash(), base.method_hash()}) == 3
+    merged = export.build_pipeline("cpu").unet.state_dict()
+    pipeline = adapter.build_pipeline("cpu")
+    assert len(apply_lora(pipeline.unet, weights["stage3"] / "lora")) > 0
+    loaded = pipeline.unet.state_dict()
+    assert merged.keys() == loaded.keys() and all(torch.equal(merged[k], loaded[k]) for k in merged)
+    original = base.build_pipeline("cpu").unet.state_dict()
+    assert not all(torch.equal(merged[k], original[k]) for k in merged)
+    with pytest.raises(FileNotFoundError, match="no unet_main/config.json"):
+        CheckpointMethod(weights=weights["diffueraser"], path=tmp_path).load("cpu")
 
 
 def _metadata(path: Path) -> dict:
