@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from vipo.config import Config, ExistingPath, load_config
 from vipo.generate import GenerateConfig, generate
@@ -34,8 +34,19 @@ class ScoringConfig(Config):
     """Demos and tests on machines without the trunk's weights: score with a random trunk (not LPIPS; recorded)."""
 
 
+LPIPS_MIN_SIZE = 32
+"""AlexNet's pooling leaves nothing of frames smaller than this: LPIPS cannot score them."""
+
+
 class GenerateJobConfig(GenerateConfig):
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+
+    @model_validator(mode="after")
+    def _scorable(self) -> "GenerateJobConfig":
+        if min(self.sampling.size) < LPIPS_MIN_SIZE:
+            raise ValueError(f"sampling.resolution: LPIPS scoring needs frames of at least {LPIPS_MIN_SIZE} px, "
+                             f"got {self.sampling.size}")
+        return self
 
 
 @dataclass(frozen=True)

@@ -218,6 +218,7 @@ def test_band_must_be_ordered_and_contain_its_target():
     ({"stages": [{"name": "a", "kinds": ["blur"]}]}, "exactly one stage"),
     ({"stages": [{"name": "a", "kinds": ["nope"]}]}, "unknown kind"),
     ({"masks_per_clip": 0}, "masks_per_clip"),
+    ({"sampling": {"nframes": NFRAMES, "resolution": 16}}, "at least 32 px"),
     ({"stages": [{"name": "a", "kinds": ["blur"], "num_gpus": -1}]}, "num_gpus"),
     ({"models": {"propainter": {"weights": "/no/such/dir"}, "diffueraser": {"random_init": 0}}}, "does not exist"),
     ({"models": {"propainter": {}, "diffueraser": {"random_init": 0}}}, "exactly one of"),
@@ -305,6 +306,27 @@ def test_run_writes_valid_shards_with_reproducible_holes_and_both_negative_forms
     assert set(summary["seconds_per_clip"]) >= {"decode", "propainter", "blur", "diffueraser", "score", "encode"}
     assert (shards / "contact_sheet.png").is_file()
     assert "RANDOM" in json.loads((shards / "generation.json").read_text())["scorer"]["lpips"]
+
+
+def test_two_model_groups_chain_into_the_same_rows_as_one(tmp_path, fake_models):
+    single = _config(tmp_path / "one", max_videos=1)
+    generate(single, _scorer(single))
+    chained = _config(tmp_path / "two", max_videos=1, stages=[
+        {"name": "propainter", "kinds": ["blur"]},
+        {"name": "diffueraser", "kinds": ["hallucination", "flicker", "diffueraser"]},
+    ])
+    seen = []
+
+    def recording(work, stages):
+        assert [stage.name for stage in stages] == ["propainter", "diffueraser"]
+        assert [sorted(stage.models) for stage in stages] == [["propainter"], ["diffueraser", "propainter"]]
+        for result in run_in_process(work, stages):
+            seen.append(result)
+            yield result
+
+    generate(chained, _scorer(chained), executor=recording)
+    assert _rows(chained.output_dir / "shards") == _rows(single.output_dir / "shards")
+    assert all(set(result.devices) == {"propainter", "diffueraser"} for result in seen)
 
 
 def _interrupt_after(limit: int):

@@ -36,7 +36,7 @@ from vipo.generate.config import GenerateConfig
 from vipo.generate.plan import WorkResult, plan_work
 from vipo.generate.report import RunStats, contact_sheet
 from vipo.generate.stages import GenerateStage, build_stages, run_in_process
-from vipo.tracking import RunLogger, flatten, run_identity
+from vipo.tracking import RunLogger, run_identity
 
 __all__ = ["ErrorBudgetExceeded", "Executor", "OutputExistsError", "generate", "shards_dir"]
 
@@ -228,8 +228,7 @@ def _write_report(config: GenerateConfig, manifest: Manifest, summary: dict, she
                            kind, gate["hole_psnr_mean"], config.quality_gate.max_psnr)
     if run_logger is None:
         return
-    numbers = {f"generate.{key}": float(value) for key, value in flatten(summary).items() if _is_number(value)}
-    run_logger.log_metrics(numbers, step=0)
+    run_logger.log_metrics(_numbers(summary, "generate."), step=0)
     if sheet is not None:
         run_logger.log_images({"contact_sheet": sheet}, step=0)
     run_logger.set_tags(run_identity(config, manifest_path=manifest.path))
@@ -239,8 +238,12 @@ def _write_report(config: GenerateConfig, manifest: Manifest, summary: dict, she
         run_logger.log_artifact(folder / CONTACT_SHEET, "generate")
 
 
-def _is_number(text: str) -> bool:
-    try:
-        return math.isfinite(float(text))
-    except ValueError:
-        return False
+def _numbers(data: dict, prefix: str) -> dict[str, float]:
+    """The finite numbers of a nested summary as dotted metric names (flags, texts and None left out)."""
+    numbers = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            numbers.update(_numbers(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            numbers[f"{prefix}{key}"] = float(value)
+    return numbers

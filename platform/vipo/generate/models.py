@@ -44,9 +44,10 @@ class ModelLoadError(RuntimeError):
 def _load_propainter(spec: ModelSpec, device: str) -> Any:
     from vipo.pipelines.propainter import ProPainterPipeline
 
+    knobs = {"progress": False, **spec.options}  # the job shows one clips-done bar, not one per model call
     if spec.weights is None:
-        return ProPainterPipeline.from_random(device=device, seed=spec.random_init, **spec.options)
-    return ProPainterPipeline.from_pretrained(spec.weights, device=device, **spec.options)
+        return ProPainterPipeline.from_random(device=device, seed=spec.random_init, **knobs)
+    return ProPainterPipeline.from_pretrained(spec.weights, device=device, **knobs)
 
 
 def _load_diffueraser(spec: ModelSpec, device: str) -> Any:
@@ -54,11 +55,14 @@ def _load_diffueraser(spec: ModelSpec, device: str) -> Any:
     from vipo.pipelines.diffueraser import DiffuEraserPipeline
 
     if spec.weights is not None:
-        return DiffuEraserPipeline.from_weights(spec.weights, device=device, **spec.options)
-    # Tiny random weights go through the same on-disk layout and loader as real ones; the copy is read fully.
-    with tempfile.TemporaryDirectory(prefix="vipo-tiny-diffueraser-") as root:
-        write_tiny_weights(root, seed=spec.random_init)
-        return DiffuEraserPipeline.from_weights(root, device=device, **spec.options)
+        pipeline = DiffuEraserPipeline.from_weights(spec.weights, device=device, **spec.options)
+    else:
+        # Tiny random weights go through the same on-disk layout and loader as real ones; the copy is read fully.
+        with tempfile.TemporaryDirectory(prefix="vipo-tiny-diffueraser-") as root:
+            write_tiny_weights(root, seed=spec.random_init)
+            pipeline = DiffuEraserPipeline.from_weights(root, device=device, **spec.options)
+    pipeline.set_progress_bar_config(disable=True)  # the job shows one clips-done bar
+    return pipeline
 
 
 ModelLoader = Callable[[ModelSpec, str], Any]

@@ -83,11 +83,17 @@ class RunStats:
         }
 
 
+MIN_TILE_WIDTH = 128
+
+
 def _label(tile: np.ndarray, text: str) -> np.ndarray:
-    """Put ``text`` in a strip above a (H,W,3) tile; the font scales with the tile width."""
-    scale = max(tile.shape[1] / 256, 0.3)
+    """Put ``text`` in a strip above a (H,W,3) tile (small tiles enlarged, pixels kept visible as blocks)."""
+    if tile.shape[1] < MIN_TILE_WIDTH:
+        factor = -(-MIN_TILE_WIDTH // tile.shape[1])
+        tile = cv2.resize(tile, (tile.shape[1] * factor, tile.shape[0] * factor), interpolation=cv2.INTER_NEAREST)
+    scale = max(tile.shape[1] / 256, 0.4)
     strip = np.full((int(24 * scale) + 4, tile.shape[1], 3), 255, np.uint8)
-    cv2.putText(strip, text[:32], (2, strip.shape[0] - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (0, 0, 0),
+    cv2.putText(strip, text[:24], (2, strip.shape[0] - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.5 * scale, (0, 0, 0),
                 1, cv2.LINE_AA)
     return np.concatenate([strip, tile])
 
