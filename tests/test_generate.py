@@ -367,7 +367,9 @@ def test_resume_after_kill_makes_exactly_the_missing_clips_identical_to_an_unint
     assert sorted(made) == sorted(incomplete)  # exactly the windows with missing samples are redone
     assert _rows(shards) == expected
     assert not list(shards.glob(".*.tmp"))
-    assert generate(config, _scorer(config), resume=True)["clips_processed"] == 0
+    again = generate(config, _scorer(config), resume=True)
+    assert again["clips_processed"] == 0 and again["samples_written"] == len(expected)  # totals from the manifest
+    assert again["quality_gate"]["kinds"]["diffueraser"]["candidates"] == 3 * len(expected)
 
 
 def test_rerun_refuses_resume_with_other_content_and_overwrite_replaces(tmp_path, fake_models):

@@ -34,7 +34,7 @@ from vipo.data.shards import MANIFEST_NAME, Manifest, ShardWriter
 from vipo.generate.candidates import Scorer
 from vipo.generate.config import GenerateConfig
 from vipo.generate.plan import WorkResult, plan_work
-from vipo.generate.report import RunStats, contact_sheet
+from vipo.generate.report import RunStats, contact_sheet, manifest_summary
 from vipo.generate.stages import GenerateStage, build_stages, run_in_process
 from vipo.tracking import RunLogger, run_identity
 
@@ -119,11 +119,15 @@ class _ShardCommitter:
 def _default_executor(config: GenerateConfig) -> Executor:
     if config.executor == "local":
         return run_in_process
-    from vipo.generate.adapter import run_on_ray
-    from vipo.tracking import init_ray
 
-    init_ray(config.ray)
-    return run_on_ray
+    def on_ray(work: list[WorkResult], stages: list[GenerateStage]) -> Iterator[WorkResult]:
+        from vipo.generate.adapter import run_on_ray
+        from vipo.tracking import init_ray
+
+        init_ray(config.ray)  # only when there is work: a finished run resumes without starting Ray
+        return run_on_ray(work, stages)
+
+    return on_ray
 
 
 def generate(config: GenerateConfig, scorer: Scorer, *, resume: bool = False, overwrite: bool = False,
@@ -161,24 +165,23 @@ def _produce(config: GenerateConfig, scorer: Scorer, manifest: Manifest,
     finished = manifest.finished()
     todo = [item for item in items if not set(item.sample_ids()) <= finished]
     stats = RunStats(clips_planned=len(items))
-    for where, reason in scan_skips.entries:
-        stats.skip(f"{reason} ({where})", config.clips_per_video)
     failed = scan_skips.total * config.clips_per_video
     total = len(todo) + failed
     budget = math.floor(config.max_error_fraction * total)
     _check_budget(failed, budget, total)
     committer = _ShardCommitter(manifest, config.rows_per_shard)
     sheet_rows: list[dict] = []
+    written = skipped = 0
     start = time.perf_counter()
+    results = executor([WorkResult(item) for item in todo], build_stages(config, scorer)) if todo else []
     with tqdm(total=len(todo), unit="clip", desc="generate", dynamic_ncols=True) as bar:
-        for result in executor([WorkResult(item) for item in todo], build_stages(config, scorer)):
+        for result in results:
             stats.add_result(result)
             if result.error is not None:
                 failed += 1
-                reason = f"{result.error} ({result.error_where})"
                 for clip_id in result.item.sample_ids():
-                    committer.skip(clip_id, reason, [])
-                    stats.skip(reason)
+                    committer.skip(clip_id, f"{result.error} ({result.error_where})", [])
+                    skipped += 1
                 _check_budget(failed, budget, total, committer)
             for clip_id, sample in result.samples.items():
                 if clip_id in finished:
@@ -186,20 +189,24 @@ def _produce(config: GenerateConfig, scorer: Scorer, manifest: Manifest,
                 row = sample.merged_row()
                 if not row["negatives"]:
                     committer.skip(clip_id, NO_NEGATIVE, sample.candidates)
-                    stats.skip(NO_NEGATIVE)
+                    skipped += 1
                     continue
                 committer.add(row, sample.candidates)
-                stats.samples_written += 1
+                written += 1
                 if len(sheet_rows) < config.contact_sheet_clips:
                     sheet_rows.append(row)
             bar.update(1)
-            bar.set_postfix(written=stats.samples_written, skipped=sum(stats.skipped.values()))
+            bar.set_postfix(written=written, skipped=skipped)
     committer.flush()
     elapsed = time.perf_counter() - start
-    summary = {**stats.summary(config.quality_gate), "wall_seconds": elapsed,
-               "clips_per_minute": 60 * stats.clips_processed / elapsed if stats.clips_processed else 0.0,
-               "content_hash": config.content_hash(), "scorer": scorer.describe(), "shards": str(manifest.folder),
-               "manifest_rows": manifest.num_rows}
+    summary = manifest_summary(manifest, config.quality_gate)
+    lost = config.clips_per_video * config.masks_per_clip
+    for reason, videos in scan_skips.counts.items():  # videos no source could list have no manifest entries
+        summary["skipped_by_reason"][reason] = summary["skipped_by_reason"].get(reason, 0) + videos * lost
+        summary["samples_skipped"] += videos * lost
+    summary.update(stats.summary(), samples_written_now=written, samples_skipped_now=skipped, wall_seconds=elapsed,
+                   clips_per_minute=60 * stats.clips_processed / elapsed if stats.clips_processed else 0.0,
+                   content_hash=config.content_hash(), scorer=scorer.describe(), shards=str(manifest.folder))
     return summary, sheet_rows
 
 

@@ -11,75 +11,81 @@ import cv2
 import numpy as np
 
 from vipo.data.images import decode_image
+from vipo.data.shards import Manifest
 from vipo.generate.candidates import TOO_CLOSE, QualityGate
 from vipo.generate.plan import WorkResult
 
-__all__ = ["PSNR_CAP", "RunStats", "contact_sheet"]
+__all__ = ["PSNR_CAP", "RunStats", "contact_sheet", "manifest_summary"]
 
 PSNR_CAP = 100.0
 """Hole PSNR is capped here in averages: a negative identical to the GT in the hole has infinite PSNR."""
 
 
+def _reason_head(reason: str) -> str:
+    # "too few frames: 12 < 22 (/v)" → "too few frames", as SkipLog counts reasons.
+    return reason.split(":", 1)[0]
+
+
+def manifest_summary(manifest: Manifest, gate: QualityGate) -> dict:
+    """Totals over every invocation that wrote into this shard folder (first run and resumes), from its manifest:
+    samples written, skipped by reason, and the quality gate per kind over all candidates."""
+    skipped: Counter = Counter()
+    psnr: dict[str, list[float]] = {}
+    selected_psnr: dict[str, list[float]] = {}
+    too_close: Counter = Counter()
+    for entry in manifest.clips.values():
+        if entry["status"] != "done":
+            skipped[_reason_head(entry["reason"])] += 1
+        for candidate in entry.get("candidates", []):
+            value = min(candidate["scores"]["psnr"], PSNR_CAP)
+            psnr.setdefault(candidate["kind"], []).append(value)
+            if candidate["selected"]:
+                selected_psnr.setdefault(candidate["kind"], []).append(value)
+            too_close[candidate["kind"]] += TOO_CLOSE in candidate["flags"]
+    kinds = {}
+    for kind, values in sorted(psnr.items()):
+        selected = selected_psnr.get(kind, [])
+        mean = float(np.mean(values))
+        kinds[kind] = {
+            "candidates": len(values),
+            "selected": len(selected),
+            "hole_psnr_mean": mean,
+            "selected_hole_psnr_mean": float(np.mean(selected)) if selected else None,
+            "too_close_fraction": too_close[kind] / len(values),
+            "too_close_to_gt": mean > gate.max_psnr,
+        }
+    return {
+        "samples_written": manifest.num_rows,
+        "samples_skipped": sum(skipped.values()),
+        "skipped_by_reason": dict(skipped),
+        "quality_gate": {"max_psnr": gate.max_psnr, "kinds": kinds},
+    }
+
+
 @dataclass
 class RunStats:
-    """Accumulates what the driver sees while results stream in."""
+    """What one invocation did, accumulated while results stream in (totals come from the manifest)."""
 
     clips_planned: int
     clips_processed: int = 0
     clips_failed: int = 0
-    samples_written: int = 0
-    skipped: Counter = field(default_factory=Counter)
     seconds: Counter = field(default_factory=Counter)
-    clips_timed: int = 0
-    psnr: dict[str, list[float]] = field(default_factory=dict)
-    selected_psnr: dict[str, list[float]] = field(default_factory=dict)
-    too_close: Counter = field(default_factory=Counter)
 
     def add_result(self, result: WorkResult) -> None:
         self.clips_processed += 1
         if result.error is not None:
             self.clips_failed += 1
-            return
-        self.clips_timed += 1
-        self.seconds.update(result.seconds)
-        for sample in result.samples.values():
-            for candidate in sample.candidates:
-                psnr = min(candidate["scores"]["psnr"], PSNR_CAP)
-                self.psnr.setdefault(candidate["kind"], []).append(psnr)
-                if candidate["selected"]:
-                    self.selected_psnr.setdefault(candidate["kind"], []).append(psnr)
-                if TOO_CLOSE in candidate["flags"]:
-                    self.too_close[candidate["kind"]] += 1
+        else:
+            self.seconds.update(result.seconds)
 
-    def skip(self, reason: str, count: int = 1) -> None:
-        # Counted by the reason's head ("too few frames: 12 < 22 (/v)" → "too few frames"), as SkipLog does.
-        self.skipped[reason.split(":", 1)[0]] += count
-
-    def summary(self, gate: QualityGate) -> dict:
-        """The run's summary (JSON-able): counts, skips by reason, seconds per clip, quality gate per kind."""
-        per_clip = {name: total / self.clips_timed for name, total in sorted(self.seconds.items())
-                    } if self.clips_timed else {}
-        gate_report = {}
-        for kind, values in sorted(self.psnr.items()):
-            selected = self.selected_psnr.get(kind, [])
-            mean = float(np.mean(values))
-            gate_report[kind] = {
-                "candidates": len(values),
-                "selected": len(selected),
-                "hole_psnr_mean": mean,
-                "selected_hole_psnr_mean": float(np.mean(selected)) if selected else None,
-                "too_close_fraction": self.too_close[kind] / len(values),
-                "too_close_to_gt": mean > gate.max_psnr,
-            }
+    def summary(self) -> dict:
+        """Counts of this invocation and its mean seconds per clip per step and per kind."""
+        timed = self.clips_processed - self.clips_failed
         return {
             "clips_planned": self.clips_planned,
             "clips_processed": self.clips_processed,
             "clips_failed": self.clips_failed,
-            "samples_written": self.samples_written,
-            "samples_skipped": sum(self.skipped.values()),
-            "skipped_by_reason": dict(self.skipped),
-            "seconds_per_clip": per_clip,
-            "quality_gate": {"max_psnr": gate.max_psnr, "kinds": gate_report},
+            "seconds_per_clip": {name: total / timed for name, total in sorted(self.seconds.items())} if timed else {},
         }
 
 
