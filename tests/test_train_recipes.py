@@ -60,8 +60,10 @@ def test_stage1_overfits_a_fixed_batch(weights_root, tmp_path):
 
 
 def test_stage2_trains_only_the_motion_modules_with_batch_size_2(weights_root, tmp_path):
-    recipe = make_recipe("stage2", weights_root, tmp_path, "batch_size=2", "optim.lr=1e-3")
+    recipe = make_recipe("stage2", weights_root, tmp_path, "batch_size=2", "optim.lr=1e-3",
+                         "model.gradient_checkpointing=true")
     model = recipe.engine.model
+    assert model.unet.is_gradient_checkpointing
     motion = {name for name, _ in model.named_parameters() if name.startswith("unet.") and "motion_modules" in name}
     assert motion and {id(p) for p in recipe.engine.params} == {id(p) for n, p in model.named_parameters() if n in motion}
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
@@ -75,6 +77,16 @@ def test_stage2_trains_only_the_motion_modules_with_batch_size_2(weights_root, t
     assert changed <= motion, sorted(changed - motion)[:5]
     assert len(changed) >= 0.9 * len(motion)  # (Adam moves every parameter whose gradient is non-zero)
     assert all(torch.equal(a, b) for a, b in zip(frozen_before, recipe.frozen.vae.parameters()))
+
+
+def test_unavailable_attention_backend_is_a_clear_error(weights_root, tmp_path, monkeypatch):
+    import diffusers.models.attention as attention
+    import diffusers.models.attention_processor as attention_processor
+
+    for module in (attention, attention_processor):  # as if xformers were not installed
+        monkeypatch.setattr(module, "is_xformers_available", lambda: False)
+    with pytest.raises(RuntimeError, match="model.attention=xformers: .*install xformers or use sdpa"):
+        make_recipe("stage1", weights_root, tmp_path, "model.attention=xformers")
 
 
 def test_batch_of_two_equals_two_accumulated_batches_of_one(weights_root, tmp_path):
