@@ -51,6 +51,11 @@ def test_full_size_configs_validate_apart_from_their_paths(tmp_path):
         assert cfg.precision == "bf16"
 
 
+def test_data_seed_follows_the_run_seed_unless_set(tmp_path):
+    assert demo_config(tmp_path, "seed=5").data.seed == 5
+    assert demo_config(tmp_path, "seed=5", "data.seed=2").data.seed == 2
+
+
 def test_stage_default_clip_lengths(tmp_path):
     def without_nframes(name: str) -> Path:
         text = (CONFIGS / name).read_text().replace("    nframes: 4\n", "")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Iterable, Literal
+from typing import Annotated, Any, Iterable, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -165,6 +165,16 @@ class TrainConfig(JobConfig):
     checkpointing: CheckpointSettings = CheckpointSettings()
     failure: FailureSettings = FailureSettings()
     validation: ValidationSettings = ValidationSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _data_seed_follows_seed(cls, data: Any) -> Any:
+        # One `seed=` override should change everything random, masks and clip windows included.
+        field = cls.model_fields.get("data")
+        data_fields = getattr(field.annotation, "model_fields", {}) if field else {}
+        if isinstance(data, dict) and isinstance(data.get("data"), dict) and "seed" in data_fields:
+            data["data"].setdefault("seed", data.get("seed", 0))
+        return data
 
     @field_validator("name")
     @classmethod

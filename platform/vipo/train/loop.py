@@ -50,7 +50,8 @@ class InjectedFailure(RuntimeError):
 
 
 class Recipe(Protocol):
-    """What a recipe class provides (torchtune's verbs plus the hooks :class:`TrainLoop` calls)."""
+    """What a recipe class provides: torchtune's verbs (``setup``, ``train``, ``save_checkpoint``, ``cleanup``)
+    plus the hooks :class:`TrainLoop` calls. See ``vipo/train/recipes/stage1.py`` for the smallest example."""
 
     config_class: ClassVar[type[TrainConfig]]
     #: Recorded as MLflow identity tags: the weights the run starts from and the data manifest it reads.
@@ -60,16 +61,30 @@ class Recipe(Protocol):
     @classmethod
     def prepare(cls, cfg: TrainConfig) -> None:
         """On the driver, once, before any worker starts (e.g. write tiny demo weights)."""
+
     def __init__(self, cfg: TrainConfig, ctx: WorkerContext) -> None: ...
-    def setup(self, checkpoint: Path | None) -> None: ...
-    def train(self) -> None: ...
+
+    def setup(self, checkpoint: Path | None) -> None:
+        """Build models (trained weights from ``checkpoint/weights`` when resuming), the engine, the dataset and
+        ``self.loop = TrainLoop(self, ..., checkpoint=checkpoint)``."""
+
+    def train(self) -> None:
+        """``self.loop.run()``."""
+
     def save_checkpoint(self, directory: Path) -> None:
-        """Write the trained weights (``save_pretrained`` folders) into ``directory`` (rank 0 only)."""
-    def cleanup(self) -> None: ...
+        """Write the trained weights (``save_pretrained`` / peft folders) into ``directory`` (rank 0 only)."""
+
+    def cleanup(self) -> None:
+        """Drop models and free accelerator memory (runs after success and failure alike)."""
+
     def compute_loss(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        """One micro-batch: the scalar loss to backpropagate and extra scalars to log."""
+        """One micro-batch through ``engine.module``: the scalar loss and extra scalars to log (averaged over
+        ranks; every rank must return the same keys)."""
+
     def validate(self, step: int) -> dict[str, np.ndarray]:
-        """Rank 0: name → (F, H, W, 3) uint8 frames to log as a grid image and a GIF."""
+        """Rank 0 (every rank under ZeRO-3, whose result is dropped): name → (F, H, W, 3) uint8 frames, logged
+        as a grid image and a GIF."""
+
     @classmethod
     def export(cls, cfg: TrainConfig, checkpoint: Path, out_dir: Path) -> None:
         """Write diffusers-format folders for ``checkpoint`` (a folder of this recipe) into ``out_dir``."""
@@ -104,7 +119,8 @@ class TrainLoop:
             self._restore(checkpoint)
         # Decided once, on every rank alike, so all ranks crash together and a relaunch does not crash again.
         drill = cfg.failure.inject_at_step
-        self._drill_pending = drill is not None and drill > self.progress.step and not (cfg.run_dir / DRILL_MARKER).exists()
+        self._drill_pending = (drill is not None and drill > self.progress.step
+                               and not (cfg.run_dir / DRILL_MARKER).exists())
         self.logger: RunLogger = build_logger(
             cfg.tracking, cfg.output_dir, cfg.run_name, rank=ctx.rank, resume=True
         )
@@ -297,9 +313,9 @@ def run_recipe(recipe_cls: type[Recipe], config: dict) -> None:
     ctx = WorkerContext.from_ray()
     checkpoint = ray.train.get_checkpoint()
     recipe = recipe_cls(cfg, ctx)
-    with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as directory:
-        recipe.setup(Path(directory) if directory else None)
     try:
+        with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as directory:
+            recipe.setup(Path(directory) if directory else None)
         recipe.train()
     finally:
         recipe.cleanup()

@@ -76,9 +76,10 @@ class Stage1Recipe:
         apply_model_settings([unet, brushnet], cfg.model)
         self.engine = build_engine(BrushNetUNet(unet, brushnet), cfg, self.ctx)
         dataset = FinetuneDataset(cfg.data, self.frozen.tokenizer)
+        self.validation = ValidationClips(dataset, cfg.validation) if cfg.validation.every_n_steps else None
+        # Last: the loop opens the MLflow run, which should not outlive a failed setup.
         self.loop = TrainLoop(self, cfg, self.ctx, self.engine, dataset, checkpoint=checkpoint,
                               loader_workers=cfg.loader_workers)
-        self.validation = ValidationClips(dataset, cfg.validation) if cfg.validation.every_n_steps else None
 
     def train(self) -> None:
         self.loop.run()
