@@ -229,16 +229,17 @@ def _write_report(config: GenerateConfig, manifest: Manifest, summary: dict, she
     sheet = contact_sheet(sheet_rows) if sheet_rows else None
     if sheet is not None:
         cv2.imwrite(str(folder / CONTACT_SHEET), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
-    for kind, gate in summary["quality_gate"]["kinds"].items():
-        if gate["too_close_to_gt"]:
-            logger.warning("negatives of kind %r are too close to the ground truth: mean hole PSNR %.1f dB > %.1f",
-                           kind, gate["hole_psnr_mean"], config.quality_gate.max_psnr)
+    too_close = [kind for kind, gate in summary["quality_gate"]["kinds"].items() if gate["too_close_to_gt"]]
+    for kind in too_close:
+        logger.warning("negatives of kind %r are too close to the ground truth: mean hole PSNR %.1f dB > %.1f",
+                       kind, summary["quality_gate"]["kinds"][kind]["hole_psnr_mean"], config.quality_gate.max_psnr)
     if run_logger is None:
         return
     run_logger.log_metrics(_numbers(summary, "generate."), step=0)
     if sheet is not None:
         run_logger.log_images({"contact_sheet": sheet}, step=0)
-    run_logger.set_tags(run_identity(config, manifest_path=manifest.path))
+    run_logger.set_tags({**run_identity(config, manifest_path=manifest.path),
+                         "vipo.generate.too_close_to_gt": ",".join(too_close) or "none"})
     run_logger.log_artifact(manifest.path, "generate")
     run_logger.log_artifact(folder / SUMMARY, "generate")
     if sheet is not None:
