@@ -1,7 +1,8 @@
 """ProPainter inference cost with randomly initialised weights (the cost does not depend on the weights).
 
 A synthetic clip (moving texture, moving rectangular hole) goes through ``ProPainterPipeline`` twice: once in a single
-pass (baseline: ``subvideo_length`` >= frames) and once cut into sub-videos of ``--subvideo`` frames, each run in a
+pass (baseline: ``subvideo_length`` >= frames) and once cut into sub-videos of ``--subvideo`` frames (default a
+quarter of the video, with ``--context`` frames each side, default half a sub-video up to 10), each run in a
 fresh subprocess so that peak memory is its own. Printed: seconds per frame, RAFT alone over the whole video as a
 share of that, and peak memory (CUDA: ``max_memory_allocated``; CPU: peak RSS growth over the loaded models, sampled
 every 5 ms), with the sub-video run as ratios of the baseline.
@@ -77,7 +78,8 @@ def measure(args: argparse.Namespace, subvideo_length: int) -> dict[str, float]:
     device = torch.device("cuda" if args.gpu else "cpu")
     frames, holes = synthetic_clip(args.frames, args.height, args.width)
     pipe = ProPainterPipeline.from_random(seed=0, device=device, subvideo_length=subvideo_length, progress=False,
-                                          raft_iterations=args.raft_iterations, fp16=args.fp16)
+                                          context_length=args.context, raft_iterations=args.raft_iterations,
+                                          fp16=args.fp16)
     with peak_memory(device) as memory:
         start = time.perf_counter()
         pipe(frames, holes)
@@ -96,12 +98,15 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true", help="CUDA at 480x854, 80 frames (default: CPU, 240x432, 20)")
     parser.add_argument("--fp16", action="store_true", help="half precision after RAFT (CUDA only)")
     parser.add_argument("--frames", type=int, help="override the number of frames")
-    parser.add_argument("--subvideo", type=int, help="sub-video length of the compared run (default: frames / 2)")
+    parser.add_argument("--subvideo", type=int, help="sub-video length of the compared run (default: frames / 4)")
+    parser.add_argument("--context", type=int, help="context frames per side (default: subvideo / 2, at most 10)")
     parser.add_argument("--raft-iterations", type=int, default=20)
     parser.add_argument("--measure", type=int, help=argparse.SUPPRESS)  # internal: one run with this subvideo_length
     args = parser.parse_args()
     args.height, args.width, default_frames = (480, 854, 80) if args.gpu else (240, 432, 20)
     args.frames = args.frames or default_frames
+    args.subvideo = args.subvideo or max(2, args.frames // 4)
+    args.context = min(10, args.subvideo // 2) if args.context is None else args.context
 
     if args.measure:
         print(json.dumps(measure(args, args.measure)))
@@ -110,9 +115,9 @@ def main() -> None:
     device = torch.cuda.get_device_name() if args.gpu else f"cpu, {torch.get_num_threads()} threads"
     print(f"{device}: {args.frames} frames {args.height}x{args.width}, RAFT {args.raft_iterations} iterations, "
           f"fp16 {args.fp16}")
-    subvideo = args.subvideo or max(2, args.frames // 2)
     results = {}
-    for label, length in (("one pass", max(2, args.frames)), (f"sub-videos of {subvideo}", subvideo)):
+    runs = (("one pass", max(2, args.frames)), (f"sub-videos {args.subvideo}+2x{args.context}", args.subvideo))
+    for label, length in runs:
         command = [sys.executable, __file__, *sys.argv[1:], "--measure", str(length)]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         results[label] = result = json.loads(output.strip().splitlines()[-1])

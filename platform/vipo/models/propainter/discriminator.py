@@ -11,6 +11,8 @@ from diffusers.configuration_utils import register_to_config
 from torch import Tensor, nn
 from torch.nn.utils import spectral_norm
 
+from vipo.models.propainter.modules import init_normal_
+
 __all__ = ["Discriminator"]
 
 
@@ -27,9 +29,7 @@ class Discriminator(ModelMixin, ConfigMixin):
             # The first layer pads time and space by 1 (as upstream), the others space by 2.
             padding = 1 if i == 0 else (1, 2, 2)
             conv = nn.Conv3d(c_in, c_out, (3, 5, 5), stride=(1, 2, 2), padding=padding, bias=i == 5)
-            nn.init.normal_(conv.weight, 0.0, 0.02)
-            if conv.bias is not None:
-                nn.init.zeros_(conv.bias)
+            init_normal_(conv)  # before spectral norm, which then keeps it as weight_orig
             if i < 5:
                 layers += [spectral_norm(conv), nn.LeakyReLU(0.2, inplace=True)]
             else:

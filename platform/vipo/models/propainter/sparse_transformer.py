@@ -17,10 +17,8 @@ PATCH = {"kernel_size": (7, 7), "stride": (3, 3), "padding": (3, 3)}
 
 def token_grid_size(feature_size: tuple[int, int]) -> tuple[int, int]:
     """Token grid (h, w) of a feature map of ``feature_size`` under the 7/3/3 soft split."""
-    return tuple(  # type: ignore[return-value]
-        (size + 2 * p - k) // s + 1
-        for size, k, s, p in zip(feature_size, PATCH["kernel_size"], PATCH["stride"], PATCH["padding"])
-    )
+    (kh, kw), (sh, sw), (ph, pw) = PATCH["kernel_size"], PATCH["stride"], PATCH["padding"]
+    return (feature_size[0] + 2 * ph - kh) // sh + 1, (feature_size[1] + 2 * pw - kw) // sw + 1
 
 
 class SoftSplit(nn.Module):
