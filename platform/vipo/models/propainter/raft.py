@@ -106,6 +106,11 @@ class BidirectionalRAFT(nn.Module):
     """RAFT-large flow over consecutive frame pairs, in both directions, always in fp32.
 
     Frames smaller than 128 px on a side (torchvision's minimum) are edge-padded for RAFT and the flow cropped back.
+    With the released weights::
+
+        raft = raft_large(weights=None)
+        raft.load_state_dict(convert_raft_state_dict(torch.load("raft-things.pth", weights_only=True)))
+        flows_forward, flows_backward = BidirectionalRAFT(raft)(frames)
     """
 
     def __init__(self, raft: RAFT | None = None, iterations: int = 20, pairs_per_batch: int = 11):
@@ -114,12 +119,6 @@ class BidirectionalRAFT(nn.Module):
         self.raft.eval().requires_grad_(False)
         self.iterations = iterations
         self.pairs_per_batch = pairs_per_batch
-
-    @classmethod
-    def from_upstream_state_dict(cls, state_dict: Mapping[str, Tensor], **kwargs) -> "BidirectionalRAFT":
-        raft = raft_large(weights=None)
-        raft.load_state_dict(convert_raft_state_dict(state_dict), strict=True)
-        return cls(raft, **kwargs)
 
     def train(self, mode: bool = True) -> "BidirectionalRAFT":
         # RAFT is frozen everywhere ProPainter uses it; its BatchNorm must keep the released running statistics.
