@@ -254,6 +254,19 @@ def test_dpo_negative_policies(shard_dir, clip_tokenizer):
         validate_config(DPODataConfig, {"shards": str(shard_dir), "negative_policy": "weighted"})
 
 
+def test_dpo_negative_form_defaults_to_the_hard_composite(tmp_path, clip_tokenizer):
+    clip = sample_clip(0, kinds=("diffueraser",))
+    composite = clip.negatives[0]
+    raw = Negative("diffueraser", np.full_like(composite.frames, 7), seed=0, composited=False)
+    clip.negatives.append(raw)
+    write_shards(tmp_path, [[clip]])
+    level = lambda dataset, e: int(dataset.load_raw(0, e)["neg"][0, 0, 0, 0])  # noqa: E731
+    default = dpo(tmp_path, clip_tokenizer)
+    assert {level(default, e) for e in range(10)} == {int(composite.frames[0, 0, 0, 0])}
+    assert {level(dpo(tmp_path, clip_tokenizer, negative_form="raw"), e) for e in range(10)} == {7}
+    assert len({level(dpo(tmp_path, clip_tokenizer, negative_form="any"), e) for e in range(20)}) == 2
+
+
 def test_dpo_bad_rows_skipped_and_named(tmp_path, clip_tokenizer):
     good = sample_clip(0)
     rows = [encode_clip(sample_clip(i), PROVENANCE) for i in range(4)]

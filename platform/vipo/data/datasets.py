@@ -34,7 +34,7 @@ import torch
 from pydantic import Field, model_validator
 
 from vipo.config import Config, ExistingPath
-from vipo.data.decode import DPORowDecoder, NegativePolicy, RayRowGroupDecoder, sample_rng
+from vipo.data.decode import DPORowDecoder, NegativeForm, NegativePolicy, RayRowGroupDecoder, sample_rng
 from vipo.data.errors import BadSample, DataError, SkipLog
 from vipo.data.sampling import (
     ClipSamplingConfig,
@@ -261,7 +261,8 @@ class DPODataConfig(Config):
     ``negative_policy``: ``fixed`` always takes ``negative_kind``; ``uniform`` picks a kind uniformly among those
     the clip has; ``weighted`` picks among the clip's kinds with ``negative_weights`` (kinds without a weight get
     0). Then one negative of that kind is picked uniformly (several seeds may exist); ``selected_only`` restricts
-    the choice to negatives the generator marked ``selected``. A clip with no eligible negative is skipped.
+    the choice to negatives the generator marked ``selected``; ``negative_form`` to the hard composite (default),
+    the raw output, or either. A clip with no eligible negative is skipped.
 
     Regions: ``boundary_px`` is the odd side of the dilation kernel in pixels (see :mod:`vipo.regions`);
     ``region_scale`` 1 gives pixel-resolution regions, 8 gives regions at SD-latent resolution (the hole is
@@ -273,6 +274,7 @@ class DPODataConfig(Config):
     negative_kind: str | None = None
     negative_weights: dict[str, Annotated[float, Field(ge=0)]] = {}
     selected_only: bool = False
+    negative_form: NegativeForm = "composited"
     boundary_px: BoundaryPx = 7
     region_scale: int = Field(default=1, ge=1)
     include_prior: bool = False
@@ -344,6 +346,7 @@ class DPODataset(_TwoStepDataset):
             negative_kind=config.negative_kind,
             negative_weights=dict(config.negative_weights),
             selected_only=config.selected_only,
+            negative_form=config.negative_form,
             include_prior=config.include_prior,
             proportion_empty_prompts=config.proportion_empty_prompts,
             seed=config.seed,

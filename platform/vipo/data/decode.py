@@ -23,6 +23,9 @@ __all__ = ["DPORowDecoder", "NegativePolicy", "RayRowGroupDecoder", "sample_rng"
 logger = logging.getLogger(__name__)
 
 NegativePolicy = Literal["fixed", "uniform", "weighted"]
+# Shards keep each negative raw and hard-composited (prediction in the hole, GT outside). Training pairs use the
+# composite by default: a raw loser also differs from the winner outside the hole, a trivially learnt preference.
+NegativeForm = Literal["composited", "raw", "any"]
 
 
 def sample_rng(seed: int, epoch: int, key: int | str) -> np.random.Generator:
@@ -47,6 +50,7 @@ class DPORowDecoder:
     negative_kind: str | None = None
     negative_weights: Mapping[str, float] = field(default_factory=dict)
     selected_only: bool = False
+    negative_form: NegativeForm = "composited"
     include_prior: bool = False
     proportion_empty_prompts: float = 0.0
     seed: int = 0
@@ -58,12 +62,16 @@ class DPORowDecoder:
         return columns + ["prior"] if self.include_prior else columns
 
     def choose_negative(self, negatives: Sequence[dict], rng: np.random.Generator) -> int | None:
-        """Index into ``negatives`` (dicts with ``kind``, ``selected``) under the policy, or None if none fits.
+        """Index into ``negatives`` (dicts with ``kind``, ``selected``, ``composited``) under the policy, or None if none fits.
 
         The kind is drawn first (uniformly or by weight among the kinds the clip has, so several seeds of one kind
         do not outweigh the others), then one negative of that kind uniformly.
         """
-        eligible = [i for i, n in enumerate(negatives) if n["selected"] or not self.selected_only]
+        eligible = [
+            i for i, n in enumerate(negatives)
+            if (n["selected"] or not self.selected_only)
+            and (self.negative_form == "any" or n["composited"] == (self.negative_form == "composited"))
+        ]
         kinds = sorted({negatives[i]["kind"] for i in eligible})
         if self.policy == "fixed":
             kinds = [k for k in kinds if k == self.negative_kind]
