@@ -25,7 +25,7 @@ from vipo.data import FinetuneDataset, resize_center_crop
 from vipo.masks import random_moving_masks
 from vipo.pipelines.diffueraser import DiffuEraserPipeline, build_conditioning, encode_frames
 from vipo.train.config import DiffuEraserModelSettings, ModelSettings, TrainConfig, ValidationSettings
-from vipo.train.engine import WorkerContext
+from vipo.train.engine import PRECISION_DTYPES, WorkerContext
 
 __all__ = [
     "DiffusionInputs",
@@ -39,8 +39,6 @@ __all__ = [
     "prepare_weights",
     "ValidationClips",
 ]
-
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -82,7 +80,7 @@ def prepare_weights(settings: DiffuEraserModelSettings) -> None:
 
 def frozen_dtype(cfg: TrainConfig, ctx: WorkerContext) -> torch.dtype:
     """Frozen encoders run in the training precision on GPU and in fp32 on CPU (half precision is slow there)."""
-    return _DTYPES[cfg.precision] if ctx.device.type == "cuda" else torch.float32
+    return PRECISION_DTYPES[cfg.precision] if ctx.device.type == "cuda" else torch.float32
 
 
 def apply_model_settings(models: Iterable[nn.Module], settings: ModelSettings) -> None:

@@ -23,9 +23,17 @@ from torch import nn
 from vipo.train.checkpointing import RECIPE_STATE_FILE, atomic_save
 from vipo.train.config import TrainConfig
 
-__all__ = ["DeepSpeedEngine", "Engine", "TorchEngine", "WorkerContext", "build_engine", "build_lr_scheduler"]
+__all__ = [
+    "PRECISION_DTYPES",
+    "DeepSpeedEngine",
+    "Engine",
+    "TorchEngine",
+    "WorkerContext",
+    "build_engine",
+    "build_lr_scheduler",
+]
 
-_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -106,7 +114,7 @@ class TorchEngine:
         )
         self.scheduler = build_lr_scheduler(cfg, self.optimizer)
         self.scaler = torch.amp.GradScaler(ctx.device.type) if cfg.precision == "fp16" else None
-        self.autocast_dtype = _AUTOCAST[cfg.precision]
+        self.autocast_dtype = None if cfg.precision == "fp32" else PRECISION_DTYPES[cfg.precision]
         self.device_type = ctx.device.type
         self.input_dtype = torch.float32
         self.shards_parameters = False
@@ -188,7 +196,7 @@ class DeepSpeedEngine:
             lr_scheduler=lambda optimizer: build_lr_scheduler(cfg, optimizer),
         )
         self.model = self.module.module
-        self.input_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+        self.input_dtype = PRECISION_DTYPES[cfg.precision]  # DeepSpeed casts the module itself
 
     @property
     def lr(self) -> float:

@@ -22,7 +22,7 @@ from vipo.train.checkpointing import CONFIG_FILE, find_checkpoint
 from vipo.train.config import train_config_from_dict
 from vipo.train.recipes import get_recipe
 
-__all__ = ["compose_motion", "export", "motion_adapter_folder"]
+__all__ = ["MOTION_ADAPTER_DIR", "compose_motion", "export", "export_checkpoint", "motion_adapter_folder"]
 
 MOTION_ADAPTER_DIR = "motion_adapter"
 

@@ -33,11 +33,10 @@ from vipo.train.diffueraser import (
     prepare_weights,
 )
 from vipo.train.engine import WorkerContext, build_engine
+from vipo.train.export import MOTION_ADAPTER_DIR
 from vipo.train.loop import TrainLoop, run_recipe
 
 __all__ = ["Stage2Config", "Stage2Recipe", "train_fn"]
-
-MOTION_ADAPTER_DIR = "motion_adapter"
 
 
 class Stage2Config(TrainConfig):
