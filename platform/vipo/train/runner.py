@@ -8,7 +8,7 @@ NCCL and the recipe runs under DeepSpeed when ``deepspeed.enabled``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from vipo.config import dump_config
 from vipo.tracking import init_ray
@@ -16,15 +16,16 @@ from vipo.train.config import TrainConfig
 from vipo.train.recipes import get_recipe, recipe_module
 
 if TYPE_CHECKING:
-    from ray.train import Result
+    from ray.train import Result, UserCallback
     from ray.train.torch import TorchTrainer
 
 __all__ = ["build_trainer", "fit"]
 
 
-def build_trainer(cfg: TrainConfig) -> "TorchTrainer":
+def build_trainer(cfg: TrainConfig, callbacks: Sequence["UserCallback"] = ()) -> "TorchTrainer":
     """``TorchTrainer(recipe.train_fn, ScalingConfig, RunConfig(storage_path=output_dir, name=run name,
-    CheckpointConfig(num_to_keep=K), FailureConfig(max_failures)))`` for ``cfg``."""
+    CheckpointConfig(num_to_keep=K), FailureConfig(max_failures)))`` for ``cfg``; ``callbacks`` go to the
+    ``RunConfig`` (a Tune trial passes ``TuneReportCallback`` so each training report reaches Tune)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -41,14 +42,15 @@ def build_trainer(cfg: TrainConfig) -> "TorchTrainer":
             storage_path=str(cfg.output_dir),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpointing.keep_last_k),
             failure_config=FailureConfig(max_failures=cfg.failure.max_failures),
+            callbacks=list(callbacks),
         ),
     )
 
 
-def fit(cfg: TrainConfig) -> "Result":
+def fit(cfg: TrainConfig, callbacks: Sequence["UserCallback"] = ()) -> "Result":
     """Start or join Ray (``cfg.ray``), then train; raises ``ray.train.TrainingFailedError`` when the workers
     fail more than ``failure.max_failures`` times (relaunch to resume)."""
     init_ray(cfg.ray)
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     get_recipe(cfg.recipe).prepare(cfg)
-    return build_trainer(cfg).fit()
+    return build_trainer(cfg, callbacks).fit()

@@ -53,7 +53,7 @@ def train_trial(trial: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from vipo.train.config import load_train_config
-    from vipo.train.runner import build_trainer
+    from vipo.train.runner import fit
 
     context = tune.get_context()
     overrides = [
@@ -63,7 +63,7 @@ def train_trial(trial: dict) -> None:
         f"tracking.run_name={trial['_run_prefix']}-{context.get_trial_id()}",
     ]
     cfg = load_train_config(trial["_base_config"], overrides)
-    build_trainer(cfg, callbacks=[TuneReportCallback()]).fit()
+    fit(cfg, callbacks=[TuneReportCallback()])
 
 
 def best_path(cfg: TuneConfig, round_cfg: RoundConfig) -> Path:
