@@ -69,3 +69,13 @@ def test_rounds_chain_best_values_and_skip_when_done(tmp_path, ray_local):
 
     again = run_staged_search(cfg, trainable=must_not_run)
     assert [r["settled"] for r in again] == [r["settled"] for r in records]
+
+
+def test_a_round_where_every_trial_fails_names_the_error(tmp_path, ray_local):
+    cfg = _config(tmp_path, ["tracking.enabled=false"])
+
+    def broken(trial):
+        raise ValueError("weights folder missing: /nowhere")
+
+    with pytest.raises(RuntimeError, match=r"round r1: no trial reported 'score': .*weights folder missing"):
+        run_staged_search(cfg, trainable=broken)

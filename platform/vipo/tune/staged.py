@@ -114,10 +114,11 @@ def _run_round(cfg: TuneConfig, round_cfg: RoundConfig, settled: dict[str, Any],
             run_config=tune.RunConfig(name=round_cfg.name, storage_path=str(storage)),
         )
     grid = tuner.fit()
+    if not any(r.metrics and cfg.metric in r.metrics for r in grid):
+        # Name the trials' own errors: Tune's "no best trial" message hides why every trial failed.
+        errors = "; ".join(str(e).strip().splitlines()[-1] for e in grid.errors) or "no trial reported it"
+        raise RuntimeError(f"round {round_cfg.name}: no trial reported {cfg.metric!r}: {errors}")
     best = grid.get_best_result(metric=cfg.metric, mode=cfg.mode, scope="last")
-    if best is None or best.metrics is None or cfg.metric not in best.metrics:
-        errors = "; ".join(str(e).splitlines()[0] for e in grid.errors) or "no trial reported the metric"
-        raise RuntimeError(f"round {round_cfg.name}: no trial reported {cfg.metric!r} ({errors})")
     chosen = {**fixed, **{k: best.config[k] for k in round_cfg.space}}
     return {
         "round": round_cfg.name,
