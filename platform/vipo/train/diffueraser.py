@@ -7,6 +7,7 @@
   comes from its own generator (:func:`clip_generators`), so batch 2 draws exactly what two batches of 1 draw.
 - :func:`epsilon_loss`: the DDPM ε-prediction MSE of stages 1 and 2.
 - :class:`ValidationClips`: fixed clips + fixed masks, inpainted through ``DiffuEraserPipeline``.
+- :class:`DiffuEraserRecipe`: the recipe verbs every stage shares (prepare weights, train, validate, cleanup).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from vipo.train.config import DiffuEraserModelSettings, ModelSettings, TrainConf
 from vipo.train.engine import PRECISION_DTYPES, WorkerContext
 
 __all__ = [
+    "DiffuEraserRecipe",
     "DiffusionInputs",
     "FrozenEncoders",
     "apply_model_settings",
@@ -210,3 +212,35 @@ class ValidationClips:
             masked = frames * ~hole[..., None]
             videos[name] = np.concatenate([masked, output, frames], axis=1)
         return videos
+
+
+class DiffuEraserRecipe:
+    """What the DiffuEraser recipes (stages 1-3) share; a stage adds ``config_class``, ``setup`` (which sets
+    ``frozen``, ``engine``, ``validation`` and ``loop``), ``compute_loss``, ``save_checkpoint`` and ``export``."""
+
+    manifest_path: Path | None = None
+    # Attributes a finished or failed run lets go of, so a Ray worker frees its (GPU) memory at once.
+    _released = ("loop", "engine", "reference", "frozen", "validation")
+
+    def __init__(self, cfg: TrainConfig, ctx: WorkerContext):
+        self.cfg, self.ctx = cfg, ctx
+
+    @property
+    def parent_checkpoint(self) -> Path | None:
+        return self.cfg.model.pretrained_stage1_path
+
+    @classmethod
+    def prepare(cls, cfg: TrainConfig) -> None:
+        prepare_weights(cfg.model)
+
+    def train(self) -> None:
+        self.loop.run()
+
+    def validate(self, step: int) -> dict:
+        return self.validation.run(self.frozen, self.engine.model)
+
+    def cleanup(self) -> None:
+        for name in self._released:
+            self.__dict__.pop(name, None)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

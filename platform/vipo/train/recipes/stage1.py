@@ -22,13 +22,13 @@ from vipo.models.unet_brushnet import BrushNetUNet
 from vipo.train.checkpointing import WEIGHTS_DIR
 from vipo.train.config import DiffuEraserModelSettings, TrainConfig
 from vipo.train.diffueraser import (
+    DiffuEraserRecipe,
     ValidationClips,
     apply_model_settings,
     diffusion_inputs,
     epsilon_loss,
     frozen_dtype,
     load_models,
-    prepare_weights,
 )
 from vipo.train.engine import WorkerContext, build_engine
 from vipo.train.loop import TrainLoop, run_recipe
@@ -53,17 +53,9 @@ class Stage1Config(TrainConfig):
         return data
 
 
-class Stage1Recipe:
+class Stage1Recipe(DiffuEraserRecipe):
     config_class = Stage1Config
-    manifest_path = None
-
-    def __init__(self, cfg: Stage1Config, ctx: WorkerContext):
-        self.cfg, self.ctx = cfg, ctx
-        self.parent_checkpoint = cfg.model.pretrained_stage1_path
-
-    @classmethod
-    def prepare(cls, cfg: Stage1Config) -> None:
-        prepare_weights(cfg.model)
+    cfg: Stage1Config
 
     def setup(self, checkpoint: Path | None) -> None:
         """Models (resumed weights from ``checkpoint`` if given), engine, data, loop, validation clips."""
@@ -81,9 +73,6 @@ class Stage1Recipe:
         self.loop = TrainLoop(self, cfg, self.ctx, self.engine, dataset, checkpoint=checkpoint,
                               loader_workers=cfg.loader_workers)
 
-    def train(self) -> None:
-        self.loop.run()
-
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         inputs = diffusion_inputs(batch, self.frozen, self.ctx.device, self.loop.noise)
         loss = epsilon_loss(self.engine.module, inputs, self.frozen.scheduler, self.engine.input_dtype,
@@ -93,15 +82,6 @@ class Stage1Recipe:
     def save_checkpoint(self, directory: Path) -> None:
         self.engine.model.unet.save_pretrained(directory / "unet_main")
         self.engine.model.brushnet.save_pretrained(directory / "brushnet")
-
-    def validate(self, step: int) -> dict:
-        return self.validation.run(self.frozen, self.engine.model)
-
-    def cleanup(self) -> None:
-        for name in ("loop", "engine", "frozen", "validation"):
-            self.__dict__.pop(name, None)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
     @classmethod
     def export(cls, cfg: Stage1Config, checkpoint: Path, out_dir: Path) -> None:

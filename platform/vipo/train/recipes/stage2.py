@@ -24,13 +24,13 @@ from vipo.models.unet_brushnet import BrushNetUNet
 from vipo.train.checkpointing import WEIGHTS_DIR
 from vipo.train.config import DiffuEraserModelSettings, TrainConfig
 from vipo.train.diffueraser import (
+    DiffuEraserRecipe,
     ValidationClips,
     apply_model_settings,
     diffusion_inputs,
     epsilon_loss,
     frozen_dtype,
     load_models,
-    prepare_weights,
 )
 from vipo.train.engine import WorkerContext, build_engine
 from vipo.train.export import MOTION_ADAPTER_DIR
@@ -58,17 +58,9 @@ def _load(cfg: Stage2Config, device: torch.device, dtype: torch.dtype, motion: P
     return frozen, unet, brushnet
 
 
-class Stage2Recipe:
+class Stage2Recipe(DiffuEraserRecipe):
     config_class = Stage2Config
-    manifest_path = None
-
-    def __init__(self, cfg: Stage2Config, ctx: WorkerContext):
-        self.cfg, self.ctx = cfg, ctx
-        self.parent_checkpoint = cfg.model.pretrained_stage1_path
-
-    @classmethod
-    def prepare(cls, cfg: Stage2Config) -> None:
-        prepare_weights(cfg.model)
+    cfg: Stage2Config
 
     def setup(self, checkpoint: Path | None) -> None:
         cfg = self.cfg
@@ -88,9 +80,6 @@ class Stage2Recipe:
         self.loop = TrainLoop(self, cfg, self.ctx, self.engine, dataset, checkpoint=checkpoint,
                               loader_workers=cfg.loader_workers)
 
-    def train(self) -> None:
-        self.loop.run()
-
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         inputs = diffusion_inputs(batch, self.frozen, self.ctx.device, self.loop.noise)
         loss = epsilon_loss(self.engine.module, inputs, self.frozen.scheduler, self.engine.input_dtype,
@@ -100,15 +89,6 @@ class Stage2Recipe:
     def save_checkpoint(self, directory: Path) -> None:
         """Only what trains: the motion modules, as a diffusers ``MotionAdapter`` folder."""
         self.engine.model.unet.save_motion_modules(directory / MOTION_ADAPTER_DIR)
-
-    def validate(self, step: int) -> dict:
-        return self.validation.run(self.frozen, self.engine.model)
-
-    def cleanup(self) -> None:
-        for name in ("loop", "engine", "frozen", "validation"):
-            self.__dict__.pop(name, None)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
     @classmethod
     def export(cls, cfg: Stage2Config, checkpoint: Path, out_dir: Path) -> None:

@@ -31,7 +31,7 @@ from vipo.losses import DPOHealthMonitor, DPOLossConfig, RegionRegDPOLossConfig,
 from vipo.models.diffueraser_weights import DiffuEraserWeights
 from vipo.train.checkpointing import WEIGHTS_DIR
 from vipo.train.config import TrainConfig, ValidationSettings
-from vipo.train.diffueraser import ValidationClips, apply_model_settings, frozen_dtype, prepare_weights
+from vipo.train.diffueraser import DiffuEraserRecipe, ValidationClips, apply_model_settings, frozen_dtype
 from vipo.train.dpo_models import (
     ReferenceSettings,
     Stage3ModelSettings,
@@ -93,18 +93,18 @@ class ShardValidationClips(ValidationClips):
             self.clips[raw["clip_id"].replace("/", "_").replace("#", "_")] = (raw["pos"], raw["hole"])
 
 
-class Stage3Recipe:
+class Stage3Recipe(DiffuEraserRecipe):
     config_class = Stage3Config
+    cfg: Stage3Config
 
     def __init__(self, cfg: Stage3Config, ctx: WorkerContext):
-        self.cfg, self.ctx = cfg, ctx
-        self.parent_checkpoint: Path = cfg.model.parent or DiffuEraserWeights(cfg.model.weights_root).unet_main.parent
+        super().__init__(cfg, ctx)
         self.manifest_path: Path = cfg.data.shards / MANIFEST_NAME
         self._checked_step = -1
 
-    @classmethod
-    def prepare(cls, cfg: Stage3Config) -> None:
-        prepare_weights(cfg.model)
+    @property
+    def parent_checkpoint(self) -> Path:
+        return self.cfg.model.parent or DiffuEraserWeights(self.cfg.model.weights_root).unet_main.parent
 
     def setup(self, checkpoint: Path | None) -> None:
         """Policy (resumed from ``checkpoint`` if given), engine, reference, health monitor, data, loop."""
@@ -120,10 +120,7 @@ class Stage3Recipe:
         dataset = DPODataset(cfg.data, self.frozen.tokenizer)
         self.loop = TrainLoop(self, cfg, ctx, self.engine, dataset, checkpoint=checkpoint,
                               loader_workers=cfg.loader_workers)
-        self.validation = ShardValidationClips(dataset, cfg.validation) if ctx.is_main else None
-
-    def train(self) -> None:
-        self.loop.run()
+        self.validation = ShardValidationClips(dataset, cfg.validation) if cfg.validation.every_n_steps else None
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         inputs = preference_inputs(batch, self.frozen, self.ctx.device, self.loop.noise)
@@ -151,15 +148,6 @@ class Stage3Recipe:
 
     def save_checkpoint(self, directory: Path) -> None:
         save_policy(self.engine.model, self.cfg.model, self.cfg.tuning, directory)
-
-    def validate(self, step: int) -> dict:
-        return self.validation.run(self.frozen, self.engine.model)
-
-    def cleanup(self) -> None:
-        for name in ("loop", "engine", "reference", "frozen", "validation"):
-            self.__dict__.pop(name, None)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
     @classmethod
     def export(cls, cfg: Stage3Config, checkpoint: Path, out_dir: Path) -> None:
