@@ -30,7 +30,7 @@ from vipo.train.diffueraser import (
     frozen_dtype,
     load_models,
 )
-from vipo.train.engine import WorkerContext, build_engine
+from vipo.train.engine import build_engine
 from vipo.train.loop import TrainLoop, run_recipe
 
 __all__ = ["Stage1Config", "Stage1Recipe", "train_fn"]

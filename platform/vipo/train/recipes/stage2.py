@@ -32,7 +32,7 @@ from vipo.train.diffueraser import (
     frozen_dtype,
     load_models,
 )
-from vipo.train.engine import WorkerContext, build_engine
+from vipo.train.engine import build_engine
 from vipo.train.export import MOTION_ADAPTER_DIR
 from vipo.train.loop import TrainLoop, run_recipe
 
