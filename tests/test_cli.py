@@ -49,3 +49,37 @@ def test_bad_config_exits_2_with_one_line_naming_the_key(argv, key):
     assert out.returncode == 2, out.stderr[-2000:]
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("config error: ") and key in lines[0], out.stderr[-2000:]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_platform_is_a_source_root_never_a_package():
+    assert not (REPO / "platform" / "__init__.py").exists()
+    # From the repository root (first on sys.path) `import platform` must still be the standard library's.
+    code = "import platform, sysconfig; print(platform.__file__.startswith(sysconfig.get_paths()['stdlib']))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.stdout.strip() == "True", out.stderr[-2000:]
+
+
+def test_vipo_console_script_points_at_the_typer_app():
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "vipo"]
+    assert script.value == "jobs.cli:app" and script.load() is app
+
+
+def _fenced_commands(markdown: str, heading: str) -> list[str]:
+    """Non-blank lines of the fenced code block(s) in the section under ``heading``."""
+    section = markdown.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+    blocks = section.split("```")[1::2]
+    return [line for block in blocks for line in block.splitlines()[1:] if line.strip()]
+
+
+def test_readme_has_one_install_and_one_test_command_and_ci_runs_them():
+    readme = (REPO / "README.md").read_text()
+    (install,) = _fenced_commands(readme, "## Install")
+    (test,) = _fenced_commands(readme, "## Test")
+    ci = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    assert install in ci and test in ci
+    assert "exit 1" in ci[ci.index('if [ "$status" -eq 5 ]; then') + 1 :], "pytest's exit 5 fails CI"

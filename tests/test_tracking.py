@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import numpy as np
+import pytest
+import ray
 from mlflow.tracking import MlflowClient
 
-from vipo.config import JobConfig, TrackingConfig, config_hash
-from vipo.tracking import build_logger, flatten, git_commit, resolve_tracking_uri, run_identity
+from vipo.config import JobConfig, RayConfig, TrackingConfig, config_hash
+from vipo.tracking import build_logger, flatten, git_commit, init_ray, resolve_tracking_uri, run_identity
 
 
 def test_identity_records_config_code_data_parent(tmp_path):
@@ -34,6 +37,36 @@ def test_tracking_uri_precedence(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env.db")
     assert resolve_tracking_uri(TrackingConfig(), tmp_path) == "sqlite:///env.db"
     assert resolve_tracking_uri(TrackingConfig(tracking_uri="http://mlflow:5000"), tmp_path) == "http://mlflow:5000"
+
+
+@pytest.fixture
+def ray_init_calls(monkeypatch) -> list[dict]:
+    """Record what init_ray passes to ray.init, without starting Ray (the session's Ray stays untouched)."""
+    calls: list[dict] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return calls
+
+
+def test_init_ray_defaults_to_local_with_the_machine_cpus(ray_init_calls):
+    init_ray(RayConfig())
+    assert ray_init_calls == [{"num_cpus": os.cpu_count(), "num_gpus": None, "include_dashboard": False}]
+
+
+def test_init_ray_address_from_config_beats_environment(ray_init_calls, monkeypatch):
+    init_ray(RayConfig(num_cpus=3, num_gpus=1))
+    monkeypatch.setenv("RAY_ADDRESS", "ray://env-head:10001")
+    init_ray(RayConfig())
+    init_ray(RayConfig(address="ray://config-head:10001"))
+    assert ray_init_calls == [{"num_cpus": 3, "num_gpus": 1, "include_dashboard": False},
+                              {"address": "ray://env-head:10001"}, {"address": "ray://config-head:10001"}]
+
+
+def test_init_ray_is_a_no_op_when_ray_is_running(ray_init_calls, monkeypatch):
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    init_ray(RayConfig(address="ray://head:10001"))
+    assert ray_init_calls == []
 
 
 def test_flatten():
