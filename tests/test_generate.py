@@ -32,6 +32,7 @@ from vipo.generate import (
 from vipo.generate.kinds import BlurKind, DiffuEraserKind, FlickerKind, HallucinationKind, segment_seams
 from vipo.generate.models import ModelSpec, load_models, pick_device
 from vipo.masks import random_moving_masks
+from vipo.tracking import MemoryLogger
 
 SIZE = 32
 NFRAMES = 6
@@ -385,6 +386,40 @@ def test_rerun_refuses_resume_with_other_content_and_overwrite_replaces(tmp_path
     assert len(list((config.output_dir / "shards").glob("*.parquet"))) == 1
 
 
+def test_quality_gate_flags_in_manifest_and_summary_and_the_run_logs_summary_and_contact_sheet(tmp_path, fake_models):
+    # Every hole PSNR of [0, 1] data is > 0 dB, so a 0 dB gate flags every candidate as too close to the GT.
+    config = _config(tmp_path, max_videos=1, clips_per_video=1, quality_gate={"max_psnr": 0.0,
+                                                                             "exclude_flagged": False})
+    run = MemoryLogger()
+    summary = generate(config, _scorer(config), logger_factory=lambda: run)
+    shards = config.output_dir / "shards"
+    candidates = [c for entry in Manifest.load(shards).clips.values() for c in entry["candidates"]]
+    assert len(candidates) == 2 * 6 and all(c["flags"] == ["too_close_to_gt"] for c in candidates)
+    gate = summary["quality_gate"]
+    assert gate == json.loads((shards / "summary.json").read_text())["quality_gate"] and gate["max_psnr"] == 0.0
+    for kind, values in gate["kinds"].items():
+        psnr = [c["scores"]["psnr"] for c in candidates if c["kind"] == kind]  # recomputed from the manifest
+        assert values["hole_psnr_mean"] == pytest.approx(np.mean(psnr)) and values["too_close_fraction"] == 1.0
+        assert values["too_close_to_gt"]
+    assert summary["samples_written"] == 2  # flagged but not excluded: still training pairs
+
+    assert run.status == "FINISHED" and run.params["seed"] == "7"
+    assert run.tags["vipo.config_hash"] and run.tags["vipo.generate.too_close_to_gt"] == \
+        "blur,diffueraser,flicker,hallucination"
+    assert run.metrics["generate.samples_written"] == [(0, 2.0)]
+    assert run.metrics["generate.quality_gate.kinds.blur.hole_psnr_mean"] == [
+        (0, pytest.approx(gate["kinds"]["blur"]["hole_psnr_mean"]))]
+    ((_, sheet),) = run.images["contact_sheet"]
+    assert sheet.dtype == np.uint8 and sheet.shape[2] == 3
+    assert {(Path(path).name, where) for path, where in run.artifacts} == {
+        ("manifest.json", "generate"), ("summary.json", "generate"), ("contact_sheet.png", "generate")}
+
+    excluded = _config(tmp_path / "excluded", max_videos=1, clips_per_video=1, quality_gate={"max_psnr": 0.0})
+    summary = generate(excluded, _scorer(excluded))
+    assert summary["samples_written"] == 0 and summary["skipped_by_reason"] == {
+        "no negative selected": 2}  # every candidate flagged and kept out of the pairs
+
+
 def _frame_folders(root: Path) -> Path:
     """A folder of frame folders: two good videos, one too short, one with a corrupt frame."""
     davis = SAMPLE_DATA_ROOT / "JPEGImages" / "480p"
@@ -425,8 +460,10 @@ def test_a_model_that_fails_to_load_fails_the_run_at_start_naming_the_path(tmp_p
     empty.mkdir()
     config = _config(tmp_path, max_videos=1, kinds=[{"kind": "hallucination"}],
                      models={"diffueraser": {"weights": str(empty)}})
+    run = MemoryLogger()
     with pytest.raises(ModelLoadError, match=f"'diffueraser' from {empty}"):
-        generate(config, _scorer(config))
+        generate(config, _scorer(config), logger_factory=lambda: run)
+    assert run.status == "FAILED"
     assert not list((config.output_dir / "shards").glob("*.parquet"))
 
 
