@@ -25,6 +25,7 @@ from evaluation.metrics import (
     masked_lpips,
     masked_psnr,
     masked_ssim,
+    non_occluded,
     outside_change,
     region_scores,
     strict_mask_psnr,
@@ -238,6 +239,21 @@ def test_warping_error_restricted_to_the_hole():
     assert warping_error(pred, gt, gt_flow=exact).value.item() > 1e-4
     in_hole = warping_error(pred, gt, hole, gt_flow=exact)
     assert in_hole.region == "hole" and in_hole.value.item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_occlusion_mask_hand_case():
+    # x-flow 0 left of column 8 and 3 from there: column 7 is a motion boundary, columns 13-15 leave the frame.
+    forward = torch.zeros(1, 2, 6, 16, dtype=torch.float64)
+    forward[:, 0, :, 8:] = 3.0
+    backward = torch.zeros_like(forward)
+    backward[:, 0, :, 11:] = -3.0  # where the moving part lands at t+1; columns 8-10 are disoccluded there
+    expected = torch.ones(1, 1, 6, 16, dtype=torch.bool)
+    expected[..., 7] = False
+    expected[..., 13:] = False
+    assert torch.equal(non_occluded(forward, backward), expected)
+    # A backward flow that does not undo the forward one fails the forward-backward check everywhere it moves.
+    inconsistent = non_occluded(forward, torch.zeros_like(forward))
+    assert not inconsistent[..., 8:].any() and inconsistent[..., :7].all()
 
 
 def test_dis_flow_recovers_translation():
