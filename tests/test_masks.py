@@ -11,6 +11,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from vipo.config import ConfigError, validate_config
+from vipo.masks.moving import blob_offsets
 from vipo.masks import (
     MovingMaskConfig,
     hole_to_condition,
@@ -95,6 +96,22 @@ def test_speed_range_is_respected():
     boxes = _boxes(random_moving_masks(10, 400, 400, 3, config))
     step = np.abs(np.diff(boxes[:, :2], axis=0)).max(axis=1)
     assert set(step.tolist()) <= {2, 3}  # rint(3·max(|sin θ|, |cos θ|)) with max(...) in [1/√2, 1]
+
+
+def test_velocity_is_redrawn_only_when_the_blob_hits_the_frame_edge():
+    # No random walk: the step vector may change only where a step was clipped at the edge (velocity re-drawn).
+    config = MovingMaskConfig(speed=(3.0, 3.0), speed_noise=0.0, angle_noise=0.0)
+    offsets = blob_offsets(np.random.default_rng(0), 300, (12, 12), False, config)
+    steps = np.diff(offsets, axis=0)
+    at_edge = np.any((offsets == 0) | (offsets == 12), axis=1)
+    # Step i (offsets[i] → offsets[i + 1]) differs from step i - 1: either step i was clipped (it ends at an
+    # edge) or the velocity was re-drawn after step i - 1 was clipped (it starts at an edge).
+    changes = np.nonzero(np.any(steps[1:] != steps[:-1], axis=1))[0] + 1
+    assert len(changes) > 10
+    assert np.all(at_edge[changes] | at_edge[changes + 1]), "the heading changed away from an edge"
+    assert offsets.min() >= 0 and offsets.max() <= 12
+    # Without the re-draw a blob pushing into a wall would stay pinned in a corner; it keeps moving instead.
+    assert len({tuple(o) for o in offsets[-50:]}) > 10
 
 
 def test_config_validation_is_one_line():
