@@ -119,6 +119,19 @@ def test_folder_masks_are_read_per_frame_index(tmp_path):
     np.testing.assert_array_equal(hole, holes[2:5])
 
 
+def test_cache_key_follows_the_weights_content_and_seed_not_the_path(tmp_path):
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for folder in folders:
+        folder.mkdir()
+        for index, name in enumerate(("raft-things.pth", "recurrent_flow_completion.pth", "ProPainter.pth")):
+            (folder / name).write_bytes(bytes([index]) * 64)
+    first, copy = (ProPainterMethod(weights=folder) for folder in folders)
+    assert copy.checkpoint_hash() == first.checkpoint_hash() and copy.method_hash() == first.method_hash()
+    assert ProPainterMethod(weights=folders[0], seed=1).method_hash() != first.method_hash()
+    (folders[1] / "ProPainter.pth").write_bytes(b"retrained" * 8)  # same path, other weights
+    assert copy.checkpoint_hash() != first.checkpoint_hash() and copy.method_hash() != first.method_hash()
+
+
 def test_eval_configs_reject_bad_input(tmp_path):
     valid = [f"output_dir={tmp_path}", *_weights_overrides(dict.fromkeys(("propainter", "diffueraser", "stage3"),
                                                                          tmp_path))]
