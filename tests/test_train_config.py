@@ -22,6 +22,7 @@ from vipo.train.checkpointing import (
 )
 from vipo.train.config import load_train_config
 from vipo.train.deepspeed import deepspeed_config
+from vipo.train.engine import TorchEngine, WorkerContext
 
 CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
 DEMO = CONFIGS / "stage1_demo.yaml"
@@ -189,3 +190,66 @@ def test_export_of_a_missing_run_is_a_one_line_error(tmp_path):
 
     with pytest.raises(ConfigError, match="no such run folder"):
         run(tmp_path / "nope")
+
+
+# -- the runner's Ray Train settings and the DDP engine's optimiser side ----------------------------------------
+
+def test_trainer_takes_workers_run_name_keep_last_k_and_max_failures_from_the_config(tmp_path):
+    from vipo.train.runner import build_trainer
+
+    cfg = demo_config(tmp_path, "name=my-run", "scaling.num_workers=3", "checkpointing.keep_last_k=5",
+                      "failure.max_failures=4")
+    trainer = build_trainer(cfg)  # building it starts no Ray
+    assert trainer.scaling_config.num_workers == 3 and not trainer.scaling_config.use_gpu
+    run = trainer.run_config
+    assert run.name == "my-run" and Path(run.storage_path) == tmp_path
+    assert run.checkpoint_config.num_to_keep == 5
+    assert run.failure_config.max_failures == 4
+    assert trainer.train_loop_config["recipe"] == "stage1" and trainer.train_loop_config["name"] == "my-run"
+
+
+def _engine(tmp_path: Path, *overrides: str):
+    model = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.arange(6.0).reshape(2, 3) / 6)
+        model.bias.zero_()
+    return TorchEngine(model, demo_config(tmp_path, *overrides), WorkerContext())
+
+
+def _train(engine, steps: int, start: int = 0) -> list[float]:
+    lrs = []
+    for i in range(start, start + steps):
+        x = torch.linspace(-1, 1, 12).reshape(4, 3) * (i + 1)
+        engine.micro_step(lambda: engine.module(x).pow(2).mean())
+        lrs.append(engine.lr)
+    return lrs
+
+
+def test_torch_engine_resume_restores_optimiser_and_lr_schedule(tmp_path):
+    """A non-constant schedule and Adam moments: a resumed engine must continue exactly where the saved one was
+    (upstream ProPainter forgets the scheduler, which shows here as a different lr sequence)."""
+    schedule = ("optim.lr=0.1", "optim.lr_scheduler=linear", "optim.warmup_steps=2", "optim.max_steps=6")
+    uninterrupted = _engine(tmp_path, *schedule)
+    _train(uninterrupted, 3)
+    uninterrupted.save_state(tmp_path, WorkerContext())
+    weights_at_save = {k: v.clone() for k, v in uninterrupted.model.state_dict().items()}
+    expected_lrs = _train(uninterrupted, 3, start=3)
+
+    resumed = _engine(tmp_path, *schedule)
+    resumed.model.load_state_dict(weights_at_save)  # the recipe loads weights; the engine the optimiser side
+    resumed.load_state(tmp_path)
+    assert _train(resumed, 3, start=3) == expected_lrs
+    assert len(set(expected_lrs)) > 1  # the schedule really moves
+    for key, value in uninterrupted.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+
+
+def test_torch_engine_reports_the_gradient_norm_before_clipping(tmp_path):
+    engine = _engine(tmp_path, "optim.max_grad_norm=0.001", "optim.lr=0.1")
+    x = torch.linspace(-1, 1, 12).reshape(4, 3)
+    reference = torch.nn.Linear(3, 2)
+    reference.load_state_dict(engine.model.state_dict())
+    reference(x).pow(2).mean().backward()
+    expected = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in reference.parameters()]))
+    _, grad_norm = engine.micro_step(lambda: engine.module(x).pow(2).mean())
+    assert expected > 0.01 and grad_norm == pytest.approx(float(expected), rel=1e-6)
