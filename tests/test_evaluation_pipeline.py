@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from scipy import stats
 
-from evaluation.benchmark import BenchmarkConfig, FolderMasks, RandomMasks, materialize
+from evaluation.benchmark import AnnotationMasks, BenchmarkConfig, FolderMasks, RandomMasks, materialize
 from evaluation.cache import ResultCache
 from evaluation.config import EvaluateConfig
 from evaluation.demo_weights import write_demo_weights
@@ -36,7 +36,7 @@ from evaluation.scoring import METRICS, ScoringConfig
 from evaluation.stage import EvaluateStage
 from vipo.config import ConfigError, load_config
 from vipo.data import SAMPLE_DATA_ROOT
-from vipo.masks import save_mask_sequence
+from vipo.masks import load_davis_annotations, save_mask_sequence
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "jobs" / "configs" / "eval_demo.yaml"
@@ -117,6 +117,19 @@ def test_folder_masks_are_read_per_frame_index(tmp_path):
     config = _benchmark_config(root, FolderMasks(root=tmp_path / "test_masks")).model_copy(update={"start_frame": 2})
     _, hole = materialize(config, tmp_path / "out").load_clip("davis_bunny")
     np.testing.assert_array_equal(hole, holes[2:5])
+
+
+def test_annotation_masks_are_the_object_masks_of_the_scored_frames(tmp_path):
+    root = _copy_sample(tmp_path, ["bunny"])
+    annotations = SAMPLE_DATA_ROOT / "Annotations" / "480p"
+    config = _benchmark_config(root, AnnotationMasks(root=annotations)).model_copy(update={"start_frame": 2})
+    _, hole = materialize(config, tmp_path / "out").load_clip("davis_bunny")
+    objects = load_davis_annotations(annotations / "bunny", size=(24, 32))
+    assert hole.any() and not hole.all()
+    np.testing.assert_array_equal(hole, objects[2:5])
+    absent = _benchmark_config(root, AnnotationMasks(root=annotations, object_ids=[7]))
+    with pytest.raises(ValueError, match=r"object ids \[7\] not in any frame; ids present: \[1\]"):
+        materialize(absent, tmp_path / "absent")
 
 
 def test_cache_key_follows_the_weights_content_and_seed_not_the_path(tmp_path):
