@@ -137,6 +137,39 @@ def test_full_scope_trains_the_stage_modules_against_a_frozen_copy(tmp_path, wei
     assert torch.equal(predictions.policy_lose, predictions.ref_lose)
 
 
+def test_separate_reference_checkpoint_is_loaded_frozen_offloaded_and_not_checked_for_identity(
+        tmp_path, weights_root, shards):
+    """``reference.path``: the reference is that folder's ``unet_main`` (not the policy with its adapter off), frozen,
+    on CPU between passes, sharing the policy's frozen BrushNet when the folder has none; the step-0 identity
+    check is off, since policy and reference differ on purpose."""
+    from safetensors.torch import load_file, save_file
+
+    from vipo.models.diffueraser_weights import load_diffueraser_components
+
+    other = tmp_path / "other_reference"
+    shutil.copytree(DiffuEraserWeights(weights_root).unet_main, other / "unet_main")
+    (weights_file,) = (other / "unet_main").glob("*.safetensors")
+    gen = torch.Generator().manual_seed(0)
+    save_file({key: value + 0.05 * torch.randn(value.shape, generator=gen)
+               for key, value in load_file(weights_file).items()}, weights_file)
+    cfg = stage3_config(weights_root, shards, tmp_path, reference={"path": str(other), "offload": True})
+    recipe = Stage3Recipe(cfg, WorkerContext())
+    recipe.setup(None)
+    reference, policy = recipe.reference, recipe.engine.model
+    assert not reference.adapter_off and reference.offload
+    assert reference.denoiser.unet is not policy.unet and reference.denoiser.brushnet is policy.brushnet
+    assert not any(p.requires_grad for p in reference.denoiser.unet.parameters())
+    expected = load_diffueraser_components(weights_root, stage=2, unet_path=other / "unet_main")["unet"].state_dict()
+    got = reference.denoiser.unet.state_dict()
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
+    assert not recipe.health.identical_start
+
+    batch = torch.utils.data.default_collate([recipe.loop.dataset[0], recipe.loop.dataset[1]])
+    loss, metrics = recipe.compute_loss(batch)  # step 0 with s != 0: no DPOHealthError
+    assert metrics["dpo/s"] != 0 and torch.isfinite(loss)
+    assert next(reference.denoiser.unet.parameters()).device.type == "cpu"
+
+
 def test_export_merged_and_adapter_load_in_the_pipeline_and_agree(tmp_path, weights_root, shards):
     cfg = stage3_config(weights_root, shards, tmp_path)
     _, policy = load_policy(cfg.model, cfg.tuning, torch.device("cpu"), torch.float32)

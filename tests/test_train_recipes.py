@@ -133,6 +133,14 @@ def test_stage1_export_round_trip_and_compose(weights_root, tmp_path):
                                          brushnet_path=out / "brushnet")
     _assert_same_weights(loaded["unet"], stage1.engine.model.unet)
 
+    # A later stage-1 run starts from this export (model.pretrained_stage1_path), not from the layout's weights.
+    again = make_recipe("stage1", weights_root, tmp_path / "again", f"model.pretrained_stage1_path={out}")
+    assert again.parent_checkpoint == out
+    _assert_same_weights(again.engine.model.unet, stage1.engine.model.unet)
+    _assert_same_weights(again.engine.model.brushnet, stage1.engine.model.brushnet)
+    layout_unet = load_diffueraser_components(weights_root, stage=1)["unet"].state_dict()
+    assert any(not torch.equal(v, layout_unet[k]) for k, v in again.engine.model.unet.state_dict().items())
+
     # The hybrid: this stage-1 image model + the layout's motion adapter (a stage-2 "export" folder).
     stage2_export = tmp_path / "stage2_export"
     stage2_export.mkdir()
