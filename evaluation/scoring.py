@@ -78,6 +78,13 @@ class ScoringConfig(Config):
     raft_weights: ExistingPath | None = None
     ring_px: int = Field(default=3, ge=1)
 
+    def flow_note(self) -> str | None:
+        """Which ground-truth flow the warping error used (its absolute values depend on it); None without it."""
+        if not _EWARP & set(self.metrics):
+            return None
+        source = "OpenCV DIS (medium preset)" if self.flow == "dis" else "torchvision RAFT-large"
+        return f"warping error: ground-truth flow from {source}"
+
     def identity(self) -> dict:
         """What determines the scores: the settings plus the content hashes of the LPIPS trunk and RAFT weights
         actually found (config path or torch hub cache; not the paths). Missing weights fail here, before any run."""

@@ -325,7 +325,7 @@ def test_mlflow_has_a_run_per_method_with_identity_and_table(evaluation, client)
         assert run.data.metrics["psnr"] == pytest.approx(means[label]["psnr"])
         assert run.data.metrics["clips"] == 2
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"per_clip_metrics.csv", "per_clip_metrics.json", "config.yaml"} <= artifacts
+        assert {"per_clip_metrics.csv", "per_clip_metrics.json", "config.yaml", "scoring.yaml"} <= artifacts
     compare = _runs(client, "compare")
     assert len(compare) == 1 and compare[0].data.tags[f"{TAG}baseline"] == "diffueraser"
     assert "delta.stage3.psnr" in compare[0].data.metrics
@@ -371,6 +371,7 @@ def test_report_table_lists_every_method_and_metric(evaluation):
     best = max(evaluation.report.means.values(), key=lambda m: m["psnr"])["psnr"]
     assert f"<b>{best:.4f}</b>" in page and float(rows[0][psnr]) == pytest.approx(
         evaluation.report.means["diffueraser"]["psnr"], abs=1e-4)
+    assert "warping error: ground-truth flow from OpenCV DIS (medium preset)" in page
     deltas = _Tables("deltas")
     deltas.feed(page)
     assert len(deltas.rows) == 1 + 2 * len(METRICS)
