@@ -108,11 +108,16 @@ def test_lora_targets_exactly_the_spatial_attention_projections(policy):
 
 def test_brushnet_runs_once_and_policy_equals_reference_at_start(policy):
     inputs = synthetic_pairs()
-    calls = []
-    policy.brushnet.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    calls, unet_calls = [], []
+    hooks = [policy.brushnet.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0])),
+             # The UNet runs block by block (BrushNet residuals injected), so count passes at its conv_in.
+             policy.unet.conv_in.register_forward_hook(lambda module, args, out: unet_calls.append(args[0].shape[0]))]
     predictions = pair_predictions(policy, policy, Reference(policy, adapter_off=True), inputs, SCHEDULER,
                                    torch.float32)
+    for hook in hooks:
+        hook.remove()
     assert calls == [2 * NUM_PAIRS * NUM_FRAMES]  # once, on [winner; loser]
+    assert unet_calls == [2 * NUM_PAIRS * NUM_FRAMES] * 2  # the reference once, the policy once, each batched
     assert predictions.policy_win.shape == (NUM_PAIRS, NUM_FRAMES, 4, LATENT, LATENT)
     assert predictions.policy_win.requires_grad and not predictions.ref_win.requires_grad
     # LoRA B = 0: the policy pass is bit-identical to the adapter-disabled reference pass.

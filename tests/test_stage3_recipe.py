@@ -132,6 +132,7 @@ def test_full_scope_trains_the_stage_modules_against_a_frozen_copy(tmp_path, wei
     batch = torch.utils.data.default_collate([dataset[0], dataset[1]])
     inputs = preference_inputs(batch, frozen, torch.device("cpu"), torch.Generator().manual_seed(0))
     assert inputs.regions[0].shape == (2, FRAMES, 1, SIZE // 8, SIZE // 8)
+    assert inputs.timesteps.shape == (2,)  # one t per pair, shared by its winner, loser and every frame
     predictions = pair_predictions(policy, policy, reference, inputs, frozen.scheduler, torch.float32)
     assert torch.equal(predictions.policy_win, predictions.ref_win)
     assert torch.equal(predictions.policy_lose, predictions.ref_lose)

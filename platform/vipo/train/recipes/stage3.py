@@ -118,9 +118,10 @@ class Stage3Recipe(DiffuEraserRecipe):
                                          self.engine.input_dtype)
         self.health = DPOHealthMonitor(dpo_active=cfg.loss.has_dpo_term, identical_start=cfg.reference.path is None)
         dataset = DPODataset(cfg.data, self.frozen.tokenizer)
+        self.validation = ShardValidationClips(dataset, cfg.validation) if cfg.validation.every_n_steps else None
+        # Last: the loop opens the MLflow run, which should not outlive a failed setup.
         self.loop = TrainLoop(self, cfg, ctx, self.engine, dataset, checkpoint=checkpoint,
                               loader_workers=cfg.loader_workers)
-        self.validation = ShardValidationClips(dataset, cfg.validation) if cfg.validation.every_n_steps else None
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         inputs = preference_inputs(batch, self.frozen, self.ctx.device, self.loop.noise)
