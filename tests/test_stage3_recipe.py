@@ -113,6 +113,20 @@ def stage1_export(root: Path, folder: Path) -> Path:
     return folder
 
 
+def test_full_size_configs_validate_apart_from_their_paths(tmp_path, weights_root, shards):
+    parent = stage1_export(weights_root, tmp_path / "parent")
+    paths = [f"output_dir={tmp_path}", f"model.weights_root={weights_root}", f"model.parent={parent}",
+             f"data.shards={shards}"]
+    configs = DEMO_CONFIG.parent
+    seed = load_train_config(configs / "stage3_dpo.yaml", paths)
+    assert seed.tuning.scope == "lora" and (seed.tuning.lora.rank, seed.tuning.lora.alpha) == (16, 32)
+    assert seed.loss.kind == "region_reg_dpo" and seed.loss.beta == 500 and seed.model.stage == 2
+    assert 1e-6 <= seed.optim.lr <= 5e-6 and seed.optim.max_grad_norm and seed.model.gradient_checkpointing
+    exp11 = load_train_config(configs / "stage3_log_ratio.yaml", paths)
+    assert exp11.loss.kind == "log_ratio" and exp11.tuning.scope == "full" and exp11.model.stage == 1
+    assert exp11.deepspeed.enabled and exp11.deepspeed.zero_stage == 2 and exp11.precision == "bf16"
+
+
 @pytest.mark.parametrize("stage", [2, 1])
 def test_full_scope_trains_the_stage_modules_against_a_frozen_copy(tmp_path, weights_root, shards, stage):
     model = {"stage": 1, "parent": str(stage1_export(weights_root, tmp_path / "s1"))} if stage == 1 else {}
