@@ -12,10 +12,11 @@ import torch
 from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
 from vipo.models.brushnet import BrushNetModel, BrushNetOutput
-from vipo.models.diffueraser_weights import DiffuEraserWeights, load_diffueraser_components
+from vipo.models.diffueraser_weights import DiffuEraserWeights, default_dtype, load_diffueraser_components
 from vipo.models.tiny import tiny_brushnet, tiny_motion_adapter, tiny_unet, write_tiny_weights
 from vipo.models.unet_brushnet import BrushNetUNet, unet_forward_with_brushnet
 from vipo.models.unet_layers import per_frame_timesteps
+from vipo.pipelines.diffueraser import DiffuEraserPipeline
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 if not REFERENCE.exists():
@@ -382,3 +383,26 @@ def test_loader_names_the_missing_path(tiny_weights, tmp_path):
         load_diffueraser_components(root)
     message = str(error.value)
     assert "\n" not in message and str(root / "diffuEraser" / "brushnet") in message
+
+
+def test_loader_names_a_missing_weights_file(tiny_weights, tmp_path):
+    root = tmp_path / "weights"
+    shutil.copytree(tiny_weights.root, root)
+    vae = DiffuEraserWeights(root).vae
+    for weights_file in vae.glob("*.safetensors"):
+        weights_file.unlink()
+    with pytest.raises(FileNotFoundError) as error:
+        load_diffueraser_components(root)
+    assert "\n" not in str(error.value) and str(vae) in str(error.value)
+
+
+def test_pipeline_names_a_missing_pcm_lora_file(tiny_weights):
+    # The tiny layout ships only the 2-step LoRA; asking for the 4-step one must name the file it looked for.
+    with pytest.raises(FileNotFoundError) as error:
+        DiffuEraserPipeline.from_weights(tiny_weights.root, pcm_steps=4)
+    assert "\n" not in str(error.value) and str(tiny_weights.pcm_lora(4)) in str(error.value)
+
+
+def test_default_dtype_is_half_on_gpu_and_float_on_cpu():
+    assert default_dtype("cpu") == torch.float32 and default_dtype(torch.device("cpu")) == torch.float32
+    assert default_dtype("cuda") == torch.float16 and default_dtype("cuda:1") == torch.float16
