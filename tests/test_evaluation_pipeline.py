@@ -375,6 +375,15 @@ def test_report_table_lists_every_method_and_metric(evaluation):
     deltas = _Tables("deltas")
     deltas.feed(page)
     assert len(deltas.rows) == 1 + 2 * len(METRICS)
+    # The stage-3 PSNR row, against the per-clip scores: mean paired delta, interval around it, win rate, clips.
+    (row,) = [r for r in deltas.rows if r[0] == "stage3" and r[1].split()[0] == "psnr"]
+    results = {r.label: r for r in evaluation.results}
+    clips = evaluation.benchmark.clip_ids
+    paired = results["stage3"].values("psnr", clips) - results["diffueraser"].values("psnr", clips)
+    assert float(row[2]) == pytest.approx(paired.mean(), abs=1e-4)
+    low, high = (float(x) for x in row[3].strip("[]").split(","))
+    assert low - 1e-4 <= paired.mean() <= high + 1e-4
+    assert row[4] == f"{np.mean(paired > 0) + 0.5 * np.mean(paired == 0):.1%}" and row[5] == str(len(clips))
     folder = evaluation.report.folder
     for name in ("bars.png", "scatter_propainter.png", "scatter_stage3.png", "summary.csv", "deltas.csv"):
         assert (folder / name).is_file()
