@@ -155,8 +155,11 @@ def test_stage1_export_round_trip_and_compose(weights_root, tmp_path):
 
 
 def test_stage2_export_round_trip(weights_root, tmp_path):
-    recipe = make_recipe("stage2", weights_root, tmp_path, "optim.max_steps=2", "optim.lr=1e-3")
+    recipe = make_recipe("stage2", weights_root, tmp_path, "optim.max_steps=2", "optim.lr=1e-3",
+                         "optim.lr_scheduler=linear")
     recipe.train()
+    # The lr each update used (linear decay from 1e-3 over 2 steps), not the schedule's next value.
+    assert recipe.loop.logger.metrics["lr"] == [(1, pytest.approx(1e-3)), (2, pytest.approx(5e-4))]
     out = export(tmp_path / "stage2-demo", step=2, out_dir=tmp_path / "exported")
     assert sorted(p.name for p in out.iterdir()) == ["brushnet", "motion_adapter", "unet_main"]
     unet = UNetMotionModel.from_pretrained(out / "unet_main")

@@ -178,6 +178,7 @@ class TrainLoop:
                     extras.update(metrics)
                     return loss
 
+                lr = self.engine.lr  # the rate this update uses: the schedule advances inside micro_step
                 loss, grad_norm = self.engine.micro_step(loss_fn)
                 micro_losses.append(loss.float())
                 p.batch_in_epoch += 1
@@ -186,7 +187,7 @@ class TrainLoop:
                     continue
                 p.step += 1
                 elapsed = time.perf_counter() - step_start
-                metrics = self._step_metrics(torch.stack(micro_losses).mean(), extras, grad_norm, elapsed)
+                metrics = self._step_metrics(torch.stack(micro_losses).mean(), extras, grad_norm, lr, elapsed)
                 micro_losses.clear()
                 extras.clear()
                 bar.update(1)
@@ -208,9 +209,10 @@ class TrainLoop:
                 p.batch_in_epoch = 0
         bar.close()
 
-    def _step_metrics(self, loss: torch.Tensor, extras: Mapping[str, float], grad_norm: float,
+    def _step_metrics(self, loss: torch.Tensor, extras: Mapping[str, float], grad_norm: float, lr: float,
                       elapsed: float) -> dict[str, float]:
-        """Loss and recipe scalars averaged over ranks (one all-reduce), plus rank-0 timing and memory."""
+        """Loss and recipe scalars averaged over ranks (one all-reduce), plus the step's lr, the gradient norm
+        before clipping, rank-0 timing and memory."""
         names = sorted(extras)
         values = torch.tensor([float(loss), *(float(extras[n]) for n in names)], dtype=torch.float64)
         if self.ctx.world_size > 1:
@@ -219,7 +221,7 @@ class TrainLoop:
             values = values.cpu() / self.ctx.world_size
         samples = self.cfg.batch_size * self.cfg.optim.grad_accum * self.ctx.world_size
         metrics = {"loss": values[0].item(), **{n: v.item() for n, v in zip(names, values[1:])}}
-        metrics.update(lr=self.engine.lr, grad_norm=grad_norm, step_time_s=elapsed,
+        metrics.update(lr=lr, grad_norm=grad_norm, step_time_s=elapsed,
                        samples_per_s=samples / elapsed if elapsed > 0 else math.nan, epoch=self.progress.epoch)
         if self.ctx.device.type == "cuda":
             metrics["gpu_mem_peak_gb"] = torch.cuda.max_memory_allocated(self.ctx.device) / 2**30
