@@ -151,6 +151,17 @@ def test_full_scope_trains_the_stage_modules_against_a_frozen_copy(tmp_path, wei
     assert torch.equal(predictions.policy_win, predictions.ref_win)
     assert torch.equal(predictions.policy_lose, predictions.ref_lose)
 
+    # Resume: a checkpoint holds what trains, and the policy reloads it exactly (the reference stays the parent).
+    with torch.no_grad():
+        for name, param in policy.named_parameters():
+            if name in trainable:
+                param.add_(0.01)
+    save_policy(policy, cfg.model, cfg.tuning, tmp_path / "weights")
+    _, resumed = load_policy(cfg.model, cfg.tuning, torch.device("cpu"), torch.float32, tmp_path / "weights")
+    resumed_params = dict(resumed.named_parameters())
+    assert {n for n, p in resumed_params.items() if p.requires_grad} == trainable
+    assert all(torch.equal(resumed_params[n], p) for n, p in policy.named_parameters())
+
 
 def test_separate_reference_checkpoint_is_loaded_frozen_offloaded_and_not_checked_for_identity(
         tmp_path, weights_root, shards):
