@@ -156,6 +156,7 @@ class TrainConfig(JobConfig):
     batch_size: int = Field(default=1, ge=1, description="Clips per worker per micro-step.")
     precision: Precision = "fp32"
     log_every_n_steps: int = Field(default=1, ge=1)
+    loader_workers: int = Field(default=0, ge=0, description="DataLoader processes per training worker.")
     export_on_finish: bool = Field(
         default=True, description="Write <run>/export/step_N at the end and log it to MLflow as artifact 'model'."
     )

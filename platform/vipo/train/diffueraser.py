@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from diffusers import UniPCMultistepScheduler
 from torch import nn
 
-from vipo.data import FinetuneDataset, resize_center_crop
+from vipo.data import FinetuneDataConfig, FinetuneDataset, resize_center_crop
 from vipo.masks import random_moving_masks
 from vipo.pipelines.diffueraser import DiffuEraserPipeline, build_conditioning, encode_frames
 from vipo.train.config import DiffuEraserModelSettings, ModelSettings, TrainConfig, ValidationSettings
@@ -30,6 +30,7 @@ from vipo.train.engine import PRECISION_DTYPES, WorkerContext
 
 __all__ = [
     "DiffuEraserRecipe",
+    "FinetuneTrainConfig",
     "DiffusionInputs",
     "FrozenEncoders",
     "apply_model_settings",
@@ -41,6 +42,13 @@ __all__ = [
     "prepare_weights",
     "ValidationClips",
 ]
+
+
+class FinetuneTrainConfig(TrainConfig):
+    """Stages 1 and 2: DiffuEraser weights and on-the-fly masked clips (each stage adds its ``recipe:``)."""
+
+    model: DiffuEraserModelSettings
+    data: FinetuneDataConfig
 
 
 @dataclass

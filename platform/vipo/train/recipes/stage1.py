@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import model_validator
 
-from vipo.data import FinetuneDataConfig, FinetuneDataset
+from vipo.data import FinetuneDataset
 from vipo.models.unet_brushnet import BrushNetUNet
 from vipo.train.checkpointing import WEIGHTS_DIR
-from vipo.train.config import DiffuEraserModelSettings, TrainConfig
 from vipo.train.diffueraser import (
     DiffuEraserRecipe,
+    FinetuneTrainConfig,
     ValidationClips,
     apply_model_settings,
     diffusion_inputs,
@@ -36,11 +36,8 @@ from vipo.train.loop import TrainLoop, run_recipe
 __all__ = ["Stage1Config", "Stage1Recipe", "train_fn"]
 
 
-class Stage1Config(TrainConfig):
+class Stage1Config(FinetuneTrainConfig):
     recipe: Literal["stage1"] = "stage1"
-    model: DiffuEraserModelSettings
-    data: FinetuneDataConfig
-    loader_workers: int = Field(default=0, ge=0, description="DataLoader processes per training worker.")
 
     @model_validator(mode="before")
     @classmethod

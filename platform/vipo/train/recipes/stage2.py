@@ -17,14 +17,13 @@ from typing import Literal
 
 import torch
 from diffusers import MotionAdapter
-from pydantic import Field
 
-from vipo.data import FinetuneDataConfig, FinetuneDataset
+from vipo.data import FinetuneDataset
 from vipo.models.unet_brushnet import BrushNetUNet
 from vipo.train.checkpointing import WEIGHTS_DIR
-from vipo.train.config import DiffuEraserModelSettings, TrainConfig
 from vipo.train.diffueraser import (
     DiffuEraserRecipe,
+    FinetuneTrainConfig,
     ValidationClips,
     apply_model_settings,
     diffusion_inputs,
@@ -39,11 +38,8 @@ from vipo.train.loop import TrainLoop, run_recipe
 __all__ = ["Stage2Config", "Stage2Recipe", "train_fn"]
 
 
-class Stage2Config(TrainConfig):
+class Stage2Config(FinetuneTrainConfig):
     recipe: Literal["stage2"] = "stage2"
-    model: DiffuEraserModelSettings
-    data: FinetuneDataConfig
-    loader_workers: int = Field(default=0, ge=0, description="DataLoader processes per training worker.")
 
 
 def _load(cfg: Stage2Config, device: torch.device, dtype: torch.dtype, motion: Path | None):

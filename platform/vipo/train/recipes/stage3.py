@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
+from pydantic import model_validator
 from tqdm import tqdm
 
 from vipo.data import MANIFEST_NAME, DPODataConfig, DPODataset
@@ -57,7 +57,6 @@ class Stage3Config(TrainConfig):
     reference: ReferenceSettings = ReferenceSettings()
     loss: DPOLossConfig = RegionRegDPOLossConfig()
     data: DPODataConfig
-    loader_workers: int = Field(default=0, ge=0, description="DataLoader processes per training worker.")
 
     @model_validator(mode="before")
     @classmethod
