@@ -1,4 +1,4 @@
-"""Scoring one clip the way the research group learned to (``specs/practice.md`` §1).
+"""Scoring one clip the way the research group learned to.
 
 The hard composite (prediction inside the hole, ground truth outside) is built in memory from the raw prediction
 and scored frame by frame — never re-read from an encoded video, which cost them ~3 dB. Every metric of a clip is

@@ -1,4 +1,4 @@
-"""Shared fixtures. Ray starts once per test session (start-up costs seconds; see specs/ray.md §7)."""
+"""Shared fixtures. Ray starts once per test session (start-up costs seconds)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,13 +17,7 @@ from vipo.models.unet_brushnet import BrushNetUNet, unet_forward_with_brushnet
 from vipo.models.unet_layers import per_frame_timesteps
 from vipo.pipelines.diffueraser import DiffuEraserPipeline
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
-if not REFERENCE.exists():
-    REFERENCE = Path("/work/shared/reference")
-
-
-def manifest(name: str) -> dict:
-    return json.loads((REFERENCE / name).read_text())
+from manifests import load_manifest as manifest
 
 
 def manifest_shapes(data: dict) -> dict[str, list[int]]:

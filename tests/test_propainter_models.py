@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,13 +24,7 @@ from vipo.models.propainter import (
 from vipo.models.propainter.modules import ModulatedDeformAlign
 from vipo.models.propainter.sparse_transformer import SparseWindowAttention
 
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
-
-
-def _manifest(name: str) -> dict:
-    path = REFERENCE / name
-    assert path.is_file(), f"upstream manifest {path} missing: the shared/ folder must sit beside the checkout"
-    return json.loads(path.read_text())
+from manifests import load_manifest as _manifest
 
 
 def _manifest_shapes(manifest: dict) -> dict[str, list[int]]:

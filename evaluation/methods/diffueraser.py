@@ -1,7 +1,7 @@
 """``diffueraser``: DiffuEraser from stage-2 weights in the upstream layout, optionally with the ProPainter prior.
 
 The research group's "raw6" DAVIS-50 settings are ``num_inference_steps: 6``, ``pcm_steps: null`` (no PCM LoRA),
-``mask_dilation_iter: 0`` and the ProPainter prior (``specs/practice.md`` §1); the defaults here are upstream's
+``mask_dilation_iter: 0`` and the ProPainter prior (the research group's protocol); the defaults here are upstream's
 (2-step PCM, dilation 8). The raw generation (before the pipeline's feathered blend) is the prediction: the scorer
 builds the hard composite itself.
 """

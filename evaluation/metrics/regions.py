@@ -1,4 +1,4 @@
-"""The region scores of the research group's DAVIS-50 protocol (shared/specs/practice.md §1).
+"""The region scores of the research group's DAVIS-50 protocol.
 
 - ``bbox_psnr``: PSNR over each frame's hole bounding box (their "mask PSNR");
 - ``strict_mask_psnr``: PSNR over hole pixels only (``strict_mask_pixel_psnr``);

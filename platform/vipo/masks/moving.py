@@ -1,6 +1,6 @@
 """Random moving training masks, after DiffuEraser/ProPainter's ``create_random_shape_with_random_motion``.
 
-Our own implementation of the generator described in ``specs/diffueraser.md`` §3: a closed blob of cubic Bézier
+Our own implementation: a closed blob of cubic Bézier
 segments with radial jitter, placed in a random box between 1/3 of the frame and the full frame, either static or
 drifting with a random-walk velocity. Differences from upstream, all deliberate:
 

@@ -4,7 +4,7 @@ It is a full SD1.5 UNet copy -- encoder, mid block and decoder, cross-attention 
 ``conv_norm_out`` and ``conv_out``. A 9-channel ``conv_in_condition`` reads ``cat(noisy latent, conditioning)``
 and 28 zero-initialised 1x1 convs (for SD1.5: 12 down, 1 mid, 15 up) turn the state after every layer into a
 residual that ``vipo.models.unet_brushnet`` adds inside the main UNet. The state-dict layout matches the released
-``diffuEraser/brushnet`` checkpoint (see ``/shared/reference/diffueraser_brushnet.json``).
+``diffuEraser/brushnet`` checkpoint (its name→shape manifest is a test fixture).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """One Region-Reg-DPO forward: preference inputs from a ``DPODataset`` batch, then policy and reference predictions.
 
-What ``shared/specs/dpo.md`` §2 and §5 ask, and how it is met here:
+What Diffusion-DPO training asks (Wallace et al. 2023, and its official trainer), and how it is met here:
 
 - one t and one ε per pair (clip), shared by winner and loser and by policy and reference
   (:func:`preference_inputs` draws them once per clip from the clip's own generator);

@@ -1,7 +1,7 @@
 """``diffueraser``: the on-policy loser — DiffuEraser with the ProPainter prior, as the model being trained
 would inpaint, with its own seeds. The research group behind the seeds found the synthetic kinds "too
 catastrophic" (implicit accuracy 1 at once) and trained on these hard-but-plausible losers instead, K masks per
-clip, filtered by a quality band (``specs/practice.md`` §2)."""
+clip, filtered by a quality band (the research group's finding: too-bad losers teach nothing)."""
 
 from __future__ import annotations
 

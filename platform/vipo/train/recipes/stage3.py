@@ -1,6 +1,6 @@
 """Stage 3: Region-Reg-DPO (or the log-ratio variant) on preference shards, LoRA on the main UNet by default.
 
-Each step (``shared/specs/dpo.md`` §2, §5): winner = ground truth, loser = the shard's chosen negative; one t and
+Each step (Diffusion-DPO, Wallace et al. 2023): winner = ground truth, loser = the shard's chosen negative; one t and
 one ε per pair; the policy runs once on [winner; loser], the reference (the same UNet with its LoRA disabled, or
 a frozen copy) once under ``no_grad``; the loss (``loss.kind``, :mod:`vipo.losses`) runs in fp32 outside autocast.
 Every loss statistic goes to MLflow each step as ``dpo/<name>`` (``dpo/dgr`` is β′σ(β′s), the analytic DPO
