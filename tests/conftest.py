@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -27,3 +28,28 @@ def ray_local():
         )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` on loopback (sqlite backend, proxied artifact store), stopped by process group."""
+    from servers import MlflowServer
+
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory):
+    """A real ``ray start --head`` with its dashboard/job server on loopback, its own temp dir and ports.
+
+    Short temp dir: Ray's socket paths must stay under the 107-byte AF_UNIX limit."""
+    import tempfile
+
+    from servers import RayNode
+
+    temp_dir = Path(tempfile.mkdtemp(prefix="vipo-ray-"))
+    head = RayNode(temp_dir, num_cpus=4).start()
+    yield head
+    head.stop()
