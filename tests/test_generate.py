@@ -233,7 +233,7 @@ def test_bad_config_is_one_line(tmp_path, change, message):
 def test_content_hash_ignores_resources_and_follows_content(tmp_path):
     base = _config(tmp_path)
     pooled = _config(tmp_path, stages=[{"name": "all", "kinds": ["blur", "hallucination", "flicker", "diffueraser"],
-                                        "pool_size": 4, "num_gpus": 0.5}], max_error_fraction=0.5)
+                                        "min_size": 2, "max_size": 4, "num_gpus": 0.5}], max_error_fraction=0.5)
     assert pooled.content_hash() == base.content_hash()
     assert _config(tmp_path, seed=8).content_hash() != base.content_hash()
     assert [s.kinds for s in base.stage_configs()] == [["blur", "hallucination", "flicker", "diffueraser"]]
@@ -301,7 +301,7 @@ def test_run_writes_valid_shards_with_reproducible_holes_and_both_negative_forms
     assert entry["status"] == "done"
     assert len(entry["candidates"]) == 6  # 1 blur + 1 hallucination + 1 flicker + 3 diffueraser seeds
     assert sum(c["selected"] for c in entry["candidates"] if c["kind"] == "diffueraser") == 1
-    assert manifest.num_rows == 8 and len(manifest.shards) == 3  # 3 rows per shard
+    assert manifest.num_rows == 8 and len(manifest.shards) == 2  # 3 rows per shard → whole windows of 2: 4 rows
     gate = json.loads((shards / "summary.json").read_text())["quality_gate"]["kinds"]
     assert set(gate) == {"blur", "hallucination", "flicker", "diffueraser"} and gate["diffueraser"]["candidates"] == 24
     assert set(summary["seconds_per_clip"]) >= {"decode", "propainter", "blur", "diffueraser", "score", "encode"}
@@ -318,26 +318,27 @@ def test_two_model_groups_chain_into_the_same_rows_as_one(tmp_path, fake_models)
     ])
     seen = []
 
-    def recording(work, stages):
+    def recording(work, stages, writer):
         assert [stage.name for stage in stages] == ["propainter", "diffueraser"]
         assert [sorted(stage.models) for stage in stages] == [["propainter"], ["diffueraser", "propainter"]]
-        for result in run_in_process(work, stages):
-            seen.append(result)
-            yield result
+        for commit in run_in_process(work, stages, writer):
+            seen.append(commit)
+            yield commit
 
     generate(chained, _scorer(chained), executor=recording)
     assert _rows(chained.output_dir / "shards") == _rows(single.output_dir / "shards")
-    assert all(set(result.devices) == {"propainter", "diffueraser"} for result in seen)
+    devices = [where for commit in seen for where in commit.devices.values()]
+    assert len(devices) == 2 and all(set(where) == {"propainter", "diffueraser"} for where in devices)
 
 
 def _interrupt_after(limit: int):
-    """An executor that dies (like a kill) after ``limit`` clips came back."""
+    """An executor that dies (like a kill) after ``limit`` shards were committed."""
 
-    def executor(work, stages):
-        for count, result in enumerate(run_in_process(work, stages)):
+    def executor(work, stages, writer):
+        for count, commit in enumerate(run_in_process(work, stages, writer)):
             if count == limit:
                 raise KeyboardInterrupt
-            yield result
+            yield commit
 
     return executor
 
@@ -349,16 +350,16 @@ def test_resume_after_kill_makes_exactly_the_missing_clips_identical_to_an_unint
 
     config = _config(tmp_path / "killed", max_videos=3)
     with pytest.raises(KeyboardInterrupt):
-        generate(config, _scorer(config), executor=_interrupt_after(4))  # 8 rows made, 6 committed (2 shards)
+        generate(config, _scorer(config), executor=_interrupt_after(1))  # 2 shards of 4 rows written, 1 recorded
     shards = config.output_dir / "shards"
     (shards / ".shard-partial.parquet.123.tmp").write_bytes(b"PAR1 half a shard")  # a writer killed mid-shard
     partial = _rows(shards)
     assert 0 < len(partial) < len(expected)
     made = []
 
-    def counting(work, stages):
+    def counting(work, stages, writer):
         made.extend(result.item.work_id for result in work)
-        return run_in_process(work, stages)
+        return run_in_process(work, stages, writer)
 
     with pytest.raises(OutputExistsError, match="--resume"):
         generate(config, _scorer(config))
