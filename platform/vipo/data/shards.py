@@ -13,7 +13,8 @@ window_start       int32                                       first source fram
 seed               int64                                       seed that drew window and mask
 frame_indices      list<int32>                                 source frame of each clip frame (in order)
 height, width      int32                                       frame size of every image in the row
-frame_codec        string                                      ``png`` or ``jpeg`` (frames, negatives, prior)
+frame_codec        string                                      ``png``, ``zstd`` or ``jpeg`` (frames, negatives,
+                                                               prior)
 frames             list<binary>                                ground-truth frames
 masks              list<binary>                                PNG, 8-bit grey, 255 = hole, 0 = known
 negatives          list<struct<kind, seed, frames, composited,  each negative present: ``kind`` is open
@@ -26,9 +27,9 @@ config_hash,
 created_at         timestamp[us, UTC]                           and when the row was made
 =================  ==========================================  ============================================
 
-Images are stored encoded (PNG or quality-95 JPEG frames, PNG masks): a 22×512×512 clip of real video is ~9 MB as
-PNG and ~2 MB as JPEG instead of 17 MB raw (``benchmarks/bench_data.py``), and Parquet does not compress them
-again. Row groups are small (4 rows by default) so readers stream rows without holding a whole shard.
+Images are stored encoded (PNG, zstd-compressed raw or quality-95 JPEG frames, PNG masks): a 22×512×512 clip of
+real video is ~9 MB as PNG and ~2 MB as JPEG instead of 17 MB raw; zstd is lossless like PNG, larger, and decodes
+much faster (``benchmarks/bench_data.py``). Parquet does not compress them again. Row groups are small (4 rows by default) so readers stream rows without holding a whole shard.
 
 Writing: :func:`encode_clip` makes a row from a :class:`ClipRecord`; :class:`ShardWriter` writes rows to one shard
 and :meth:`Manifest.add_shard` / :meth:`Manifest.mark_skipped` + :meth:`Manifest.save` record them. From Ray Data,
@@ -38,10 +39,12 @@ Region masks (hole / boundary / context) are NOT stored: they are a pure functio
 boundary width, recomputed by the loader. That keeps shards small and lets the boundary width be tuned without
 regenerating data.
 
-Atomicity: a shard is written to a hidden temporary name in the same folder and renamed into place with
-``os.replace`` only once its footer is written, so a killed writer leaves no readable partial shard (at most a
-``.*.tmp`` file, which readers ignore and may be deleted). The manifest (see :class:`Manifest`) is rewritten the
-same way. It is written by a single process (the driver).
+Atomicity and integrity: a shard is written to a hidden temporary name in its store (a local or shared folder, or
+an object store through pyarrow's filesystems, see :mod:`vipo.data.storage`) and moved into place only once its
+footer is written (fsync first on a local disk), so a killed writer leaves no readable partial shard (at most a
+``.*.tmp`` file, which readers ignore). The footer records the sha256 of the row groups and the clip ids
+(:func:`verify_shard` checks both), so a truncated or altered shard is detected without trusting its name. The
+manifest (see :class:`Manifest`) is rewritten atomically by a single process (the generation driver).
 """
 
 from __future__ import annotations

@@ -51,13 +51,16 @@ class _StageActor:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         results = self.stage.process_batch(_from_table(batch))
-        for result in results:  # which logical GPUs Ray gave the actor (the stage records the torch device)
+        node = ray.get_runtime_context().get_node_id()
+        for result in results:  # which node and logical GPUs Ray gave the actor (the stage records the torch device)
             result.devices[f"{self.stage.name}.ray_gpu_ids"] = ",".join(str(i) for i in ray.get_gpu_ids())
+            result.devices[f"{self.stage.name}.node"] = node
         return _to_table(results)
 
 
 def _write(batch: pa.Table, writer: ShardWriteStage) -> pa.Table:
     commit = writer.write(_from_table(batch))
+    commit.node = ray.get_runtime_context().get_node_id()
     return pa.table({"commit": [pickle.dumps(commit, protocol=pickle.HIGHEST_PROTOCOL)]})
 
 

@@ -37,7 +37,7 @@ class ShardWriteError(DataError):
 class ShardCommit:
     """What one write returns to the driver: no pixels. ``skipped``: (clip id, reason, bad input?) per sample
     not written; ``candidates``: each sample's candidate records; ``seconds``: summed over the ``clips`` timed;
-    ``devices``: where each work item's stages ran."""
+    ``devices``: where each work item's stages ran; ``node``: the Ray node that wrote the shard ("" off Ray)."""
 
     work_ids: list[str]
     shard: ShardInfo | None = None
@@ -47,6 +47,7 @@ class ShardCommit:
     clips: int = 0
     failed: int = 0
     devices: dict[str, dict[str, str]] = field(default_factory=dict)
+    node: str = ""
 
     @property
     def rows(self) -> int:
