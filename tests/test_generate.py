@@ -222,6 +222,9 @@ def test_band_must_be_ordered_and_contain_its_target():
     ({"masks_per_clip": 0}, "masks_per_clip"),
     ({"sampling": {"nframes": NFRAMES, "resolution": 16}}, "at least 32 px"),
     ({"stages": [{"name": "a", "kinds": ["blur"], "num_gpus": -1}]}, "num_gpus"),
+    ({"stages": [{"name": "a", "kinds": ["blur", "hallucination", "flicker", "diffueraser"], "min_size": 3,
+                  "max_size": 2}]}, "stages.a: min_size 3 > max_size 2"),
+    ({"frame_codec": "webp"}, "frame_codec"),
     ({"models": {"propainter": {"weights": "/no/such/dir"}, "diffueraser": {"random_init": 0}}}, "does not exist"),
     ({"models": {"propainter": {}, "diffueraser": {"random_init": 0}}}, "exactly one of"),
 ])
