@@ -115,7 +115,8 @@ def _prepare_output(config: GenerateConfig, scorer: Scorer, resume: bool, overwr
     if retry_skipped:
         for clip_id in manifest.input_errors():
             del manifest.clips[clip_id]
-    manifest.save()
+    if manifest.path.exists() or manifest.clips:  # a run that fails before its first commit leaves no manifest
+        manifest.save()
     return manifest
 
 
