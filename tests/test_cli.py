@@ -10,8 +10,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from jobs.cli import app
+from jobs.cli import KIND_MARKERS, app
 
+REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ["generate", "train", "export", "tune", "evaluate", "demo"]
 
 
@@ -45,14 +46,51 @@ def test_console_script_is_installed():
     ],
 )
 def test_bad_config_exits_2_with_one_line_naming_the_key(argv, key):
-    repo = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-m", "jobs.cli", *argv], capture_output=True, text=True, cwd=repo)
+    lines = _config_errors(argv)
+    assert any(key in line for line in lines), lines
+
+
+def _config_errors(argv: list[str]) -> list[str]:
+    """Run the real CLI; it must exit 2 with nothing but ``config error: …`` lines on stderr."""
+    out = subprocess.run([sys.executable, "-m", "jobs.cli", *argv], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 2, out.stderr[-2000:]
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("config error: ") and key in lines[0], out.stderr[-2000:]
+    assert lines and all(line.startswith("config error: ") for line in lines), out.stderr[-2000:]
+    return [line.removeprefix("config error: ") for line in lines]
 
 
-REPO = Path(__file__).resolve().parents[1]
+def test_every_config_error_is_listed_with_the_closest_valid_key():
+    lines = _config_errors(["generate", "jobs/configs/generate_demo.yaml", "sampling.nframs=3", "sources.0.rot=x",
+                            "kinds.0.sed=1", "seed=-1", "clips_per_video=0", "rows_per_shard=0", "zzz=1"])
+    expected = {
+        "sampling.nframs: unknown key; did you mean sampling.nframes?",
+        "sources.0.rot: unknown key; did you mean sources.0.root?",
+        "kinds.0.sed: unknown key; did you mean kinds.0.seeds?",
+        "zzz: unknown key",
+    }
+    assert len(lines) == 7, lines
+    assert expected <= {line.split(": ", 1)[1] for line in lines}, lines
+    assert all(line.startswith("jobs/configs/generate_demo.yaml: ") for line in lines)
+    assert not any("more)" in line for line in lines)
+
+
+def test_a_key_inside_a_dict_of_tagged_unions_keeps_the_users_path():
+    lines = _config_errors(["evaluate", "jobs/configs/eval_demo.yaml", "methods.propainter.weigts=3"])
+    assert ("jobs/configs/eval_demo.yaml: methods.propainter.weigts: unknown key; "
+            "did you mean methods.propainter.weights?") in lines
+
+
+@pytest.mark.parametrize("command, config, kind", [
+    ("train", "generate_demo.yaml", "generate"),
+    ("generate", "stage1_demo.yaml", "train"),
+    ("evaluate", "tune_demo.yaml", "tune"),
+    ("tune", "eval_demo.yaml", "evaluate"),
+])
+def test_a_config_of_another_command_is_named(command, config, kind):
+    path = f"jobs/configs/{config}"
+    assert _config_errors([command, path]) == [
+        f"{path}: this is a {kind} config (it has `{KIND_MARKERS[kind]}:`), not a {command} config; "
+        f"run `vipo {kind} {path}`"]
 
 
 def test_platform_is_a_source_root_never_a_package():
