@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import tempfile
+import time
+import traceback
 from pathlib import Path
 from typing import List, Optional
 
@@ -15,6 +18,7 @@ import typer
 import yaml
 
 from vipo.config import ConfigError
+from vipo.data.errors import DataError
 from vipo.tracking.ray_session import VERBOSE_ENV
 
 app = typer.Typer(
@@ -58,6 +62,31 @@ def _check_kind(command: str, config: Path | None) -> None:
                               f"run `vipo {kind} {config}`")
 
 
+def _data_error(err: BaseException) -> DataError | None:
+    """The :class:`DataError` behind ``err``, through Python's exception chain and Ray's wrappers (a task's
+    ``cause``, Ray Train's per-worker failures), or None."""
+    stack, seen = [err], set()
+    while stack:
+        error = stack.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        cause = getattr(error, "cause", None)  # RayTaskError subclasses the user's error class; its cause is clean
+        if isinstance(error, DataError) and not isinstance(cause, BaseException):
+            return error
+        stack += [error.__cause__, error.__context__, cause, getattr(error, "controller_failure", None),
+                  *(getattr(error, "worker_failures", None) or {}).values()]
+    return None
+
+
+def _write_traceback(command: str, err: BaseException) -> Path:
+    folder = Path(tempfile.gettempdir()) / "vipo-logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    path.write_text("".join(traceback.format_exception(err)))
+    return path
+
+
 def _call(module: str, *args, **kwargs) -> None:
     try:
         if module in KIND_MARKERS:
@@ -68,6 +97,14 @@ def _call(module: str, *args, **kwargs) -> None:
         for line in str(err).splitlines():
             typer.echo(f"config error: {line}", err=True)
         raise typer.Exit(2) from None
+    except Exception as err:
+        # Bad input found in a Ray worker: the file and the fix on one line, Ray's traceback to a log file.
+        data_error = _data_error(err)
+        if data_error is None:
+            raise
+        message = "; ".join(line.strip() for line in str(data_error).splitlines() if line.strip())
+        typer.echo(f"data error: {message} (traceback: {_write_traceback(module, err)})", err=True)
+        raise typer.Exit(3) from None
 
 
 @app.command()

@@ -156,3 +156,26 @@ def test_shipped_configs_are_job_configs_with_only_missing_paths_to_fix(path, mo
     except ValidationError as err:
         problems = [e for e in err.errors() if "path does not exist" not in e["msg"]]
         assert not problems, problems
+
+
+@pytest.mark.slow
+def test_a_corrupt_frame_found_in_a_ray_worker_is_one_line_naming_the_file(tmp_path):
+    """Stage 1 in strict mode on clips whose frames are all truncated: the Train worker's BadSample reaches the
+    terminal as one line naming a frame and the fix; Ray's traceback goes to the named log file."""
+    import shutil
+
+    source = tmp_path / "DAVIS"
+    shutil.copytree(REPO / "data" / "sample" / "DAVIS", source)
+    for frame in source.glob("JPEGImages/480p/*/*.jpg"):
+        frame.write_bytes(frame.read_bytes()[:64])
+    argv = ["train", "jobs/configs/stage1_demo.yaml", f"output_dir={tmp_path / 'out'}",
+            f"model.weights_root={tmp_path / 'weights'}", f"data.sources.0.root={source}", "data.strict=true",
+            "tracking.enabled=false"]
+    out = subprocess.run([sys.executable, "-m", "jobs.cli", *argv], capture_output=True, text=True, cwd=REPO,
+                         timeout=1200)
+    assert out.returncode == 3, out.stderr[-3000:]
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith(f"data error: {source}/JPEGImages/480p/") and ".jpg: corrupt or truncated image" in line
+    assert "set strict: false" in line
+    log = Path(line.rsplit("(traceback: ", 1)[1].rstrip(")"))
+    assert "BadSample" in log.read_text()
