@@ -179,3 +179,25 @@ def test_a_corrupt_frame_found_in_a_ray_worker_is_one_line_naming_the_file(tmp_p
     assert "set strict: false" in line
     log = Path(line.rsplit("(traceback: ", 1)[1].rstrip(")"))
     assert "BadSample" in log.read_text()
+
+
+def _readme_vipo_commands() -> list[list[str]]:
+    readme = (REPO / "README.md").read_text()
+    lines = [line.strip() for block in readme.split("```")[1::2] for line in block.splitlines()[1:]]
+    return [line.split() for line in lines if line.startswith("vipo ")]
+
+
+def test_readme_config_examples_are_valid_for_the_shipped_configs(monkeypatch):
+    """The README's `vipo <command> <config> key=value ...` lines validate as written (the demo, compare and
+    `mlflow ui` lines are run by tests/test_demo.py)."""
+    from vipo.config import load_config
+
+    monkeypatch.chdir(REPO)
+    examples = [argv for argv in _readme_vipo_commands() if argv[2].endswith(".yaml")]
+    assert len(examples) >= 2, examples
+    for _, command, config, *overrides in examples:
+        path = REPO / config
+        assert KIND_MARKERS[command] in yaml.safe_load(path.read_text()), (command, config)
+        load_config(_config_class(path), path, overrides)
+    run_by_demo_test = {("demo", "--output-dir"), ("evaluate", "compare")}
+    assert {tuple(argv[1:3]) for argv in _readme_vipo_commands() if not argv[2].endswith(".yaml")} <= run_by_demo_test

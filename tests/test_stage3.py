@@ -90,10 +90,10 @@ def dpo_loss(predictions, inputs: PreferenceInputs):
                             predictions.ref_win, predictions.ref_lose, inputs.regions)
 
 
-
 def assert_same_prediction(actual: torch.Tensor, expected: torch.Tensor, atol: float = 1e-5) -> None:
     """Equal up to kernel-choice noise (SDPA differs with and without autograd); not bit-equality."""
     torch.testing.assert_close(actual, expected, rtol=0, atol=atol)
+
 
 def test_lora_targets_exactly_the_spatial_attention_projections(policy):
     names = lora_targets(policy)
