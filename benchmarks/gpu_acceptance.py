@@ -352,7 +352,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="every step with tiny models on the CPU")
     parser.add_argument("--json", type=Path, default=Path("gpu_acceptance.json"), help="where the table goes")
-    parser.add_argument("--budget", type=float, default=480.0, help="seconds; later steps are skipped past it")
+    parser.add_argument("--budget", type=float, help="seconds; later steps are skipped past it (default: 480 on "
+                                                       "a GPU, none in a dry run)")
     parser.add_argument("--steps", default="1,2,3,4,5,6", help="comma-separated step numbers to run")
     parser.add_argument("--weights", type=Path, help="a DiffuEraser weights folder for step 6 (default: tiny)")
     args = parser.parse_args()
@@ -361,9 +362,15 @@ def main() -> None:
     device = torch.device("cpu" if args.dry_run else "cuda")
     sizes = DRY if args.dry_run else FULL
     torch.manual_seed(0)
-    table = Table([], time.monotonic(), args.budget)
+    budget = args.budget or (float("inf") if args.dry_run else 480.0)
+    table = Table([], time.monotonic(), budget)
     name = "cpu (dry run)" if args.dry_run else torch.cuda.get_device_name(device)
-    print(f"vipo GPU acceptance on {name}, torch {torch.__version__}, budget {args.budget:.0f} s", flush=True)
+    print(f"vipo GPU acceptance on {name}, torch {torch.__version__}, budget {budget:.0f} s", flush=True)
+    if budget != float("inf"):
+        # A step that runs far past the budget (a hung kernel, a slow DeepSpeed build) must not hold the GPU.
+        watchdog = threading.Timer(budget + 120, lambda: (write_record(args, name, table), os._exit(124)))
+        watchdog.daemon = True
+        watchdog.start()
     stage2_seconds = None
     steps = {
         "1": lambda: step_diffueraser(table, sizes, device, torch.float32 if args.dry_run else torch.float16),
@@ -387,16 +394,21 @@ def main() -> None:
         finally:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    record = {"device": name, "host": platform.node(), "torch": torch.__version__, "dry_run": args.dry_run,
-              "seconds": time.monotonic() - table.started, "rows": table.rows}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(record, indent=2))
+    record = write_record(args, name, table)
     print(f"\n{'step':<20} {'case':<48} figures")
     for row in table.rows:
         figures = {k: v for k, v in row.items() if k not in ("step", "case")}
         shown = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items())
         print(f"{row['step']:<20} {row['case']:<48} {shown}")
     print(f"written: {args.json} ({record['seconds']:.0f} s)")
+
+
+def write_record(args: argparse.Namespace, device_name: str, table: Table) -> dict:
+    record = {"device": device_name, "host": platform.node(), "torch": torch.__version__, "dry_run": args.dry_run,
+              "seconds": time.monotonic() - table.started, "rows": table.rows}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(record, indent=2))
+    return record
 
 
 if __name__ == "__main__":
