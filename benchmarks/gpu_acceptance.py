@@ -75,11 +75,15 @@ class Table:
 
     def add(self, step: str, case: str, **values) -> None:
         self.rows.append({"step": step, "case": case, **values})
-        shown = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
-        print(f"  {step} | {case} | {shown}", flush=True)
+        print(f"  {step} | {case} | {figures(self.rows[-1])}", flush=True)
 
     def remaining(self) -> float:
         return self.budget - (time.monotonic() - self.started)
+
+
+def figures(row: dict) -> str:
+    return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                     for k, v in row.items() if k not in ("step", "case"))
 
 
 def synchronize(device: torch.device) -> None:
@@ -397,9 +401,7 @@ def main() -> None:
     record = write_record(args, name, table)
     print(f"\n{'step':<20} {'case':<48} figures")
     for row in table.rows:
-        figures = {k: v for k, v in row.items() if k not in ("step", "case")}
-        shown = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items())
-        print(f"{row['step']:<20} {row['case']:<48} {shown}")
+        print(f"{row['step']:<20} {row['case']:<48} {figures(row)}")
     print(f"written: {args.json} ({record['seconds']:.0f} s)")
 
 
