@@ -334,7 +334,7 @@ def step_generation(table: Table, sizes: Sizes, device: torch.device, weights: P
 
     out = Path(tempfile.mkdtemp(prefix="vipo-gpu-acceptance-"))
     overrides = [f"output_dir={out / 'generate'}", f"sources.0.root={SAMPLE_DATA_ROOT}", "masks_per_clip=1",
-                 f"max_videos={sizes.generation_clips}", "stages.0.pool_size=1",
+                 f"max_videos={sizes.generation_clips}", "stages.0.max_size=1",
                  f"tracking.tracking_uri=sqlite:///{out / 'mlflow.db'}"]
     if device.type == "cuda":
         overrides += ["stages.0.num_gpus=1", "ray.num_gpus=1"]
