@@ -78,21 +78,21 @@ def _config(args: argparse.Namespace, output_dir: Path, weights: Path, executor:
     })
 
 
-def _executor(mode: str, driver_bytes: list[int]):
-    """The run's executor, recording when each commit arrived and what reached the driver."""
+def _executor(mode: str, result_bytes: list[int], commit_bytes: list[int]):
+    """The run's executor, recording when each commit arrived, the pickled size of the finished results (what a
+    driver that writes receives) and of the commit records (what it receives when the workers write)."""
 
     def run(work, stages, writer):
+        counting = _CountingWriter(**{f.name: getattr(writer, f.name) for f in fields(ShardWriteStage)},
+                                   received=result_bytes)
         if mode == "loop":
-            commits = run_in_process(work, stages, writer)
+            commits = run_in_process(work, stages, counting)
         elif mode == "driver":
-            counting = _CountingWriter(**{f.name: getattr(writer, f.name) for f in fields(ShardWriteStage)},
-                                       received=driver_bytes)
             commits = run_on_ray(work, stages, counting, write_on_driver=True)
         else:
             commits = run_on_ray(work, stages, writer)
         for commit in commits:
-            if mode == "worker":
-                driver_bytes.append(len(pickle.dumps(commit, protocol=pickle.HIGHEST_PROTOCOL)))
+            commit_bytes.append(len(pickle.dumps(commit, protocol=pickle.HIGHEST_PROTOCOL)))
             arrivals.append((time.perf_counter(), commit.rows))
             yield commit
 
@@ -108,12 +108,13 @@ def main() -> None:
     parser.add_argument("--nframes", type=int, default=8)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--raft-iterations", type=int, default=4)
-    parser.add_argument("--actors", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--actors", type=int, nargs="*", default=[1, 2, 4], help="pool sizes; none: the loop only")
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    ray.init(num_cpus=max(args.actors) + 1, include_dashboard=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    if args.actors:
+        ray.init(num_cpus=max(args.actors) + 1, include_dashboard=False,
+                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     runs = [("loop", "loop", 0)] + [(f"{mode}-{n}", mode, n) for n in args.actors for mode in ("driver", "worker")]
     best: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-generate-") as tmp:
@@ -123,8 +124,9 @@ def main() -> None:
             for name, mode, actors in runs:
                 config = _config(args, Path(tmp) / f"{name}-{repeat}", weights,
                                  "local" if mode == "loop" else "ray", max(actors, 1))
-                driver_bytes: list[int] = []
-                executor = _executor(mode, driver_bytes)
+                result_bytes: list[int] = []
+                commit_bytes: list[int] = []
+                executor = _executor(mode, result_bytes, commit_bytes)
                 start = time.perf_counter()
                 summary = generate(config, HoleScorer.from_config(config.scoring), executor=executor)
                 wall = time.perf_counter() - start
@@ -132,8 +134,14 @@ def main() -> None:
                 (first, _), (last, _) = executor.arrivals[0], executor.arrivals[-1]
                 steady = sum(rows for _, rows in executor.arrivals[1:]) / (last - first) if last > first else 0.0
                 previous = best.get(name, [0.0, 0.0, 0.0])
-                best[name] = [max(previous[0], samples / wall), max(previous[1], steady), sum(driver_bytes)]
-    ray.shutdown()
+                driver_bytes = sum(commit_bytes) if mode == "worker" else sum(result_bytes)
+                best[name] = [max(previous[0], samples / wall), max(previous[1], steady), driver_bytes]
+                if mode == "loop":
+                    print(f"per sample: results {sum(result_bytes) / samples:,.0f} B, commit records "
+                          f"{sum(commit_bytes) / samples:,.0f} B (what reaches a driver that writes vs one that "
+                          f"does not)")
+    if args.actors:
+        ray.shutdown()
     loop_e2e, loop_steady, _ = best["loop"]
     print(f"\nsamples: {samples} ({args.videos} videos x {args.clips_per_video} clips x 2 holes), {args.nframes} "
           f"frames at {args.size}x{args.size}; kinds blur + diffueraser (2 seeds); ProPainter RAFT iterations "
