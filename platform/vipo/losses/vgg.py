@@ -40,7 +40,7 @@ class VGGFeatures(nn.Module):
 
     def __init__(self, config: VGGLossConfig, seed: int = 0):
         super().__init__()
-        from torchvision.models import vgg19
+        from torchvision.models.vgg import cfgs, make_layers
 
         unknown = set(config.layers) - set(VGG19_RELU)
         if unknown:
@@ -48,7 +48,8 @@ class VGGFeatures(nn.Module):
         self.layers = {VGG19_RELU[name]: name for name in config.layers}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)  # a random trunk (when allowed) is the same in every process
-            trunk = vgg19(weights=None).features[: max(self.layers) + 1]
+            # vgg19().features without building the 120M-parameter classifier.
+            trunk = make_layers(cfgs["E"])[: max(self.layers) + 1]
         path = config.weights or Path(torch.hub.get_dir()) / "checkpoints" / VGG19_CHECKPOINT
         if Path(path).is_file():
             state = torch.load(path, map_location="cpu", weights_only=True)
