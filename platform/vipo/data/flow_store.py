@@ -13,6 +13,7 @@ at the stored frame size, channel 0 = dx, following :class:`vipo.models.propaint
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -22,7 +23,7 @@ import numpy as np
 
 from vipo.data.errors import BadSample, DataError
 
-__all__ = ["DONE_MARKER", "FLOWS_META", "FlowStore", "pair_file", "write_video_flows"]
+__all__ = ["DONE_MARKER", "FLOWS_META", "FlowStore", "atomic_write_bytes", "pair_file", "write_video_flows"]
 
 DONE_MARKER = "_DONE"
 FLOWS_META = "flows.json"
@@ -32,12 +33,14 @@ def pair_file(root: Path, video_id: str, index: int) -> Path:
     return Path(root) / video_id / f"{index:05d}.npz"
 
 
-def _atomic_npz(path: Path, **arrays: np.ndarray) -> None:
+def atomic_write_bytes(data: bytes, path: Path) -> None:
+    """Write ``data`` to a temp file beside ``path``, fsync, rename: readers never see a torn file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -46,10 +49,17 @@ def _atomic_npz(path: Path, **arrays: np.ndarray) -> None:
         raise
 
 
+def _npz_bytes(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
+
+
 def write_video_flows(root: Path, video_id: str, forward: np.ndarray, backward: np.ndarray) -> None:
     """Write one video's flows, (N-1, 2, H, W) each, as float16 pair files, then its ``_DONE`` marker."""
     for index, (fwd, bwd) in enumerate(zip(forward, backward)):
-        _atomic_npz(pair_file(root, video_id, index), forward=fwd.astype(np.float16), backward=bwd.astype(np.float16))
+        atomic_write_bytes(_npz_bytes(forward=fwd.astype(np.float16), backward=bwd.astype(np.float16)),
+                           pair_file(root, video_id, index))
     (Path(root) / video_id / DONE_MARKER).write_text(f"{len(forward)}\n")
 
 
