@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from propainter_clips import write_translating_clip, write_translation_flows
 
 from vipo.config import validate_config
 from vipo.data.errors import DataError, SkipLog
-from vipo.data.flow_store import FLOWS_META, FlowStore, write_video_flows
+from vipo.data.flow_store import FLOWS_META, FlowStore
 from vipo.data.preprocess import FlowsJobConfig, RaftFlows, ResizeJobConfig, resize_videos
 from vipo.data.propainter import ProPainterDataConfig, ProPainterDataset
 from vipo.data.sources import scan_sources
@@ -23,29 +23,17 @@ from vipo.train.propainter import batch_flows
 
 SHIFT = 2  # the synthetic content moves right by 2 px per frame
 HEIGHT, WIDTH, FRAMES = 32, 48, 5
-VIDEO_ID = "frame_folders/clip"
 
 
 @pytest.fixture(scope="module")
 def frames_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("frames")
-    rng = np.random.default_rng(0)
-    texture = rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
-    (root / "clip").mkdir()
-    for t in range(FRAMES):
-        Image.fromarray(np.roll(texture, SHIFT * t, axis=1)).save(root / "clip" / f"{t:05d}.png")
-    return root
+    return write_translating_clip(tmp_path_factory.mktemp("frames"), FRAMES, HEIGHT, WIDTH, SHIFT)
 
 
 @pytest.fixture(scope="module")
 def translation_flows(tmp_path_factory) -> Path:
     """The exact flows of the synthetic clip: forward dx = +SHIFT, backward dx = -SHIFT."""
-    root = tmp_path_factory.mktemp("flows")
-    forward = np.zeros((FRAMES - 1, 2, HEIGHT, WIDTH), np.float32)
-    forward[:, 0] = SHIFT
-    write_video_flows(root, VIDEO_ID, forward, -forward)
-    (root / FLOWS_META).write_text(json.dumps({"size": [HEIGHT, WIDTH]}))
-    return root
+    return write_translation_flows(tmp_path_factory.mktemp("flows"), FRAMES, HEIGHT, WIDTH, SHIFT)
 
 
 def data_config(frames_root: Path, **fields) -> ProPainterDataConfig:

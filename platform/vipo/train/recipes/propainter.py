@@ -175,7 +175,7 @@ class ProPainterRecipe:
                    "perceptual": loss.perceptual_weight, "style": loss.style_weight, "warp": loss.warp_weight,
                    "flow": loss.flow_weight}
         total = sum(weights[name] * value for name, value in terms.items())
-        metrics.update({name: float(value) for name, value in terms.items()})
+        metrics.update({name: float(value.detach()) for name, value in terms.items()})
         return total, metrics
 
     def validate(self, step: int) -> dict[str, np.ndarray]:
