@@ -77,9 +77,10 @@ class AdversarialEngine:
             self.last_discriminator_grad_norm = grad_norm
         return loss
 
-    def micro_step(self, loss_fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float | None]:
-        """The generator's micro-step (see :meth:`TorchEngine.micro_step`)."""
-        return self.generator.micro_step(loss_fn)
+    def micro_step(self, loss_fn: Callable[[], torch.Tensor], *args, **kwargs) -> tuple[torch.Tensor, float | None]:
+        """The generator's micro-step (see :meth:`TorchEngine.micro_step`; extra arguments such as a step guard's
+        judge are passed through unchanged, so the loop's guard judges the generator's step)."""
+        return self.generator.micro_step(loss_fn, *args, **kwargs)
 
     def full_weights(self) -> ContextManager:
         return contextlib.nullcontext()
