@@ -134,3 +134,17 @@ def test_flowcomp_resume_is_bit_identical_and_exports_into_the_pipeline(clip, tm
     method = ProPainterCheckpointMethod(checkpoint=run)
     assert method.checkpoint_folder() == find_checkpoint(run, 4)
     assert callable(method.load("cpu"))
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["flowcomp", "propainter"])
+def test_demo_config_trains_on_ray_with_two_cpu_workers(ray_local, tmp_path, name):
+    """`vipo train jobs/configs/<name>_demo.yaml` as shipped (sample clips, RAFT on the fly, validation, export)."""
+    from vipo.train.runner import fit
+
+    cfg = load_train_config(CONFIGS / f"{name}_demo.yaml", [f"output_dir={tmp_path}"])
+    result = fit(cfg)
+    assert result.error is None
+    assert find_checkpoint(cfg.run_dir).name == "checkpoint-00000004"
+    ProPainterPipeline.from_pretrained(sorted((cfg.run_dir / "export").glob("step_*"))[-1])

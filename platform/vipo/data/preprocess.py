@@ -96,19 +96,27 @@ def _scan(config: _PreprocessConfig) -> list[Video]:
     return scan_sources(config.sources, skips, config.strict)
 
 
+def _read_resized(config: _PreprocessConfig, videos: list[Video], batch: dict):
+    """The batch's video, all its frames at ``config.size`` (None when a frame is bad and not ``strict``), and
+    why it was skipped ("" when read)."""
+    video = videos[int(batch["index"][0])]
+    try:
+        return video, resize_frames(video.read(range(video.num_frames)), config.size), ""
+    except BadSample as err:
+        if config.strict:
+            raise
+        return video, None, f"{err.where}: {err.reason}"
+
+
 class _ResizeVideo:
     def __init__(self, config: ResizeJobConfig, videos: list[Video], root: Path):
         self.config, self.videos, self.root = config, videos, root
 
     def __call__(self, batch: dict) -> dict:
-        video = self.videos[int(batch["index"][0])]
+        video, frames, skipped = _read_resized(self.config, self.videos, batch)
+        if frames is None:
+            return {"skipped": [skipped]}
         folder = self.root / video.path.name
-        try:
-            frames = resize_frames(video.read(range(video.num_frames)), self.config.size)
-        except BadSample as err:
-            if self.config.strict:
-                raise
-            return {"skipped": [f"{err.where}: {err.reason}"]}
         folder.mkdir(parents=True, exist_ok=True)
         suffix = "png" if self.config.image_format == "png" else "jpg"
         for i, frame in enumerate(frames):
@@ -164,13 +172,9 @@ class RaftFlows:
         return forward[0].cpu().numpy(), backward[0].cpu().numpy()
 
     def __call__(self, batch: dict) -> dict:
-        video = self.videos[int(batch["index"][0])]
-        try:
-            frames = resize_frames(video.read(range(video.num_frames)), self.config.size)
-        except BadSample as err:
-            if self.config.strict:
-                raise
-            return {"skipped": [f"{err.where}: {err.reason}"]}
+        video, frames, skipped = _read_resized(self.config, self.videos, batch)
+        if frames is None:
+            return {"skipped": [skipped]}
         write_video_flows(self.root, video.video_id, *self.flows(frames))
         return {"skipped": [""]}
 
