@@ -14,6 +14,7 @@ from vipo.train.checkpointing import RECIPE_STATE_FILE, WEIGHTS_DIR, find_checkp
 from vipo.train.config import load_train_config
 from vipo.train.engine import MultiStepWarmup, WorkerContext
 from vipo.train.export import export
+from vipo.train.propainter import ProgressiveSettings, resize_batch
 from vipo.train.recipes import get_recipe
 
 CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
@@ -57,6 +58,23 @@ def test_multistep_schedule_warms_up_then_decays_at_milestones():
     factor = MultiStepWarmup(warmup_steps=4, start=0.01, milestones=(6, 8), gamma=0.5)
     assert [factor(s) for s in range(10)] == pytest.approx(
         [0.01, 0.2575, 0.505, 0.7525, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25])
+
+
+def test_progressive_size_grows_in_stages_and_batches_are_resampled_with_scaled_flows():
+    progressive = ProgressiveSettings(start_size=(120, 216), end_size=(240, 432), grow_steps=[50, 100, 150])
+    assert [progressive.size_at(s, (240, 432)) for s in (0, 49, 50, 100, 150, 10**6)] == [
+        (120, 216), (120, 216), (160, 288), (200, 360), (240, 432), (240, 432)]
+    assert ProgressiveSettings().size_at(7, (64, 96)) == (64, 96)
+    flows = torch.zeros(1, 2, 2, 16, 32)
+    flows[:, :, 0], flows[:, :, 1] = 4.0, -2.0
+    holes = torch.zeros(1, 3, 1, 16, 32)
+    holes[..., 4:12, 8:24] = 1
+    batch = {"frames": torch.rand(1, 3, 3, 16, 32), "holes": holes, "flows_forward": flows, "flows_backward": -flows}
+    small = resize_batch(batch, (8, 8))
+    assert small["frames"].shape == (1, 3, 3, 8, 8) and set(small["holes"].unique().tolist()) == {0.0, 1.0}
+    # Width shrinks 4x, height 2x: dx 4 -> 1, dy -2 -> -1.
+    assert torch.all(small["flows_forward"][:, :, 0] == 1) and torch.all(small["flows_forward"][:, :, 1] == -1)
+    assert torch.all(small["flows_backward"][:, :, 0] == -1)
 
 
 def test_gan_step_updates_only_d_then_only_g_and_checkpoints_both(clip, tmp_path):
