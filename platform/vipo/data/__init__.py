@@ -32,7 +32,7 @@ _EXPORTS = {
         "Negative", "Prior", "Provenance", "ShardInfo", "ShardWriter", "decode_frames", "decode_hole", "encode_clip",
         "make_clip_id", "manifest_hash", "open_shard", "verify_shard",
     ],
-    "vipo.data.storage": ["ShardStore", "atomic_write"],
+    "vipo.data.storage": ["ShardStore"],
     "vipo.data.sources": [
         "DavisSource", "FrameFoldersSource", "Hm3dSource", "SourceConfig", "Video", "VideoFilesSource",
         "YoutubeVosSource", "scan_sources",

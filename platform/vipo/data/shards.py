@@ -64,7 +64,8 @@ import pyarrow.parquet as pq
 
 from vipo.data.errors import BadSample, DataError
 from vipo.data.images import FrameCodec, decode_image, encode_image, stack_same_size
-from vipo.data.storage import TEMP_SUFFIX, ShardStore, atomic_write
+from vipo.data.flow_store import atomic_write_bytes
+from vipo.data.storage import TEMP_SUFFIX, ShardStore
 
 __all__ = [
     "CHECKSUM_KEY",
@@ -561,7 +562,7 @@ class Manifest:
         """Write ``manifest.json`` atomically (temp file + fsync + rename)."""
         data = {"format": "vipo-shards", "schema_version": SCHEMA_VERSION, "shards": self.shards,
                 "clips": self.clips, **({"storage": self.storage} if self.storage else {})}
-        atomic_write(self.path, json.dumps(data, indent=1, sort_keys=True))
+        atomic_write_bytes(json.dumps(data, indent=1, sort_keys=True).encode(), self.path)
         return self.path
 
 

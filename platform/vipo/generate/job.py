@@ -35,7 +35,8 @@ from tqdm import tqdm
 from vipo.config import ConfigError
 from vipo.data.errors import DataError, SkipLog
 from vipo.data.shards import MANIFEST_NAME, Manifest, verify_shard
-from vipo.data.storage import TEMP_SUFFIX, ShardStore, atomic_write
+from vipo.data.flow_store import atomic_write_bytes
+from vipo.data.storage import TEMP_SUFFIX, ShardStore
 from vipo.generate.candidates import Scorer
 from vipo.generate.config import GenerateConfig
 from vipo.generate.lease import LEASE_NAME, OutputLease
@@ -105,7 +106,7 @@ def _prepare_output(config: GenerateConfig, scorer: Scorer, resume: bool, overwr
                 raise OutputExistsError(f"{folder}: cannot resume: the shards were made with {stored}, this config "
                                         f"gives {record}; use --overwrite or another output_dir")
     _delete_leftovers(folder, store)
-    atomic_write(folder / RUN_RECORD, json.dumps(record, indent=1, sort_keys=True))
+    atomic_write_bytes(json.dumps(record, indent=1, sort_keys=True).encode(), folder / RUN_RECORD)
     manifest = Manifest.load(folder, adopt_unlisted=False)
     if manifest.shards and manifest.storage != config.shard_storage:
         raise OutputExistsError(f"{folder}: the manifest's shards are in {manifest.storage or folder}, the config "
@@ -290,11 +291,11 @@ def _scorer_tags(scorer: Scorer) -> dict[str, str]:
 
 def _write_report(config: GenerateConfig, manifest: Manifest, summary: dict, run_logger: RunLogger | None) -> None:
     folder = manifest.folder
-    atomic_write(folder / SUMMARY, json.dumps(summary, indent=1, sort_keys=True))
+    atomic_write_bytes(json.dumps(summary, indent=1, sort_keys=True).encode(), folder / SUMMARY)
     sheet_rows = _sheet_rows(manifest, config.contact_sheet_clips)
     sheet = contact_sheet(sheet_rows) if sheet_rows else None
     if sheet is not None:
-        atomic_write(folder / CONTACT_SHEET, cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))[1].tobytes())
+        atomic_write_bytes(cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))[1].tobytes(), folder / CONTACT_SHEET)
     too_close = [kind for kind, gate in summary["quality_gate"]["kinds"].items() if gate["too_close_to_gt"]]
     for kind in too_close:
         logger.warning("negatives of kind %r are too close to the ground truth: mean hole PSNR %.1f dB > %.1f",

@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vipo.config import ConfigError
-from vipo.data.storage import TEMP_SUFFIX, atomic_write
+from vipo.data.flow_store import atomic_write_bytes
+from vipo.data.storage import TEMP_SUFFIX
 
 __all__ = ["LEASE_NAME", "LeaseHolder", "OutputLease", "OutputLockedError"]
 
@@ -131,7 +132,7 @@ class OutputLease:
                 logger.error("%s: the lease is no longer ours; another run took it over", self.folder)
                 return
             self.holder = LeaseHolder(**{**asdict(self.holder), "heartbeat": time.time()})
-            atomic_write(self.path, self._record())
+            atomic_write_bytes(self._record().encode(), self.path)
 
     def release(self) -> None:
         self._stop.set()
