@@ -35,9 +35,9 @@ def wait_for(predicate, timeout: float, what: str, log: Path | None = None) -> N
     raise TimeoutError(f"{what} not up after {timeout:.0f} s\n{tail}")
 
 
-def http_ok(url: str) -> bool:
+def http_ok(url: str, headers: dict[str, str] | None = None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2) as response:
             return response.status == 200
     except OSError:
         return False
@@ -91,7 +91,12 @@ class MlflowServer:
 
 @dataclass
 class RayNode:
-    """One ``ray start --block`` node (the head when ``head_address`` is None) in its own process group."""
+    """One ``ray start --block`` node (the head when ``head_address`` is None) in its own process group.
+
+    Token auth is explicit, never inferred from a token the machine happens to have in ``~/.ray``: with
+    ``auth_token`` the node runs ``RAY_AUTH_MODE=token`` (workers must get the head's token), else ``disabled``.
+    Clients (``ray job submit``, ``ray.init``) use :attr:`client_env`.
+    """
 
     temp_dir: Path
     num_cpus: int = 2
@@ -99,6 +104,7 @@ class RayNode:
     resources: str = ""
     head_address: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    auth_token: str | None = None
     port: int = field(default_factory=free_port)
     dashboard_port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
@@ -110,6 +116,13 @@ class RayNode:
     @property
     def dashboard_url(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        """The environment a client of this cluster needs (the auth mode and token), over ``os.environ``."""
+        if self.auth_token is None:
+            return {**os.environ, "RAY_AUTH_MODE": "disabled"}
+        return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.auth_token}
 
     def start(self) -> RayNode:
         self.temp_dir.mkdir(parents=True, exist_ok=True)
@@ -124,11 +137,14 @@ class RayNode:
         else:
             command += ["--address", self.head_address]
         log = self.temp_dir / ("head.log" if self.head_address is None else f"node-{self.port}.log")
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1", **self.env}
+        # The dashboard gets minutes to start on a loaded machine (Ray's default gives up after 60 s).
+        env = {**self.client_env, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1",
+               "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "300", **self.env}
         self.process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)
         if self.head_address is None:
-            wait_for(lambda: http_ok(f"{self.dashboard_url}/api/version"), 180, "ray head dashboard", log)
+            auth = {"Authorization": f"Bearer {self.auth_token}"} if self.auth_token else {}
+            wait_for(lambda: http_ok(f"{self.dashboard_url}/api/version", auth), 360, "ray head dashboard", log)
         return self
 
     def stop(self) -> None:
