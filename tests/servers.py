@@ -124,7 +124,22 @@ class RayNode:
             return {**os.environ, "RAY_AUTH_MODE": "disabled"}
         return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.auth_token}
 
-    def start(self) -> RayNode:
+    def start(self, attempts: int = 3) -> RayNode:
+        """Start the node; a head that exits before its dashboard answers is started again (Ray gives a node 30 s
+        to register with the GCS, which a loaded machine can miss), up to ``attempts`` times."""
+        for _ in range(attempts):
+            if self._launch():
+                return self
+            try:  # what the failed `ray start` left behind (GCS, raylet) is in its group
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.port, self.dashboard_port = free_port(), free_port()
+        raise RuntimeError(f"ray head exited before its dashboard came up, {attempts} times\n"
+                           f"{(self.temp_dir / 'head.log').read_text()[-3000:]}")
+
+    def _launch(self) -> bool:
+        """One ``ray start``; False when a head exited before its dashboard came up (worth a retry)."""
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         command = [str(BIN / "ray"), "start", "--block", "--disable-usage-stats", "--node-ip-address", "127.0.0.1",
                    "--num-cpus", str(self.num_cpus), "--num-gpus", str(self.num_gpus)]
@@ -144,8 +159,13 @@ class RayNode:
                                         start_new_session=True)
         if self.head_address is None:
             auth = {"Authorization": f"Bearer {self.auth_token}"} if self.auth_token else {}
-            wait_for(lambda: http_ok(f"{self.dashboard_url}/api/version", auth), 360, "ray head dashboard", log)
-        return self
+            up = lambda: http_ok(f"{self.dashboard_url}/api/version", auth)  # noqa: E731
+            wait_for(lambda: self.process.poll() is not None or up(), 360, "ray head dashboard", log)
+            if not up():
+                if self.process.poll() is None:
+                    raise TimeoutError(f"ray head dashboard not up\n{log.read_text()[-3000:]}")
+                return False
+        return True
 
     def stop(self) -> None:
         if self.process is not None:
