@@ -81,7 +81,11 @@ class MlflowServer:
              "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
              "--artifacts-destination", str(self.artifacts_root)],
             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(lambda: http_ok(f"{self.uri}/health"), 120, "mlflow server", log)
+        try:  # minutes on a loaded machine; a server that never answers is not left running
+            wait_for(lambda: http_ok(f"{self.uri}/health"), 360, "mlflow server", log)
+        except TimeoutError:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
@@ -163,6 +167,7 @@ class RayNode:
             wait_for(lambda: self.process.poll() is not None or up(), 360, "ray head dashboard", log)
             if not up():
                 if self.process.poll() is None:
+                    self.stop()
                     raise TimeoutError(f"ray head dashboard not up\n{log.read_text()[-3000:]}")
                 return False
         return True

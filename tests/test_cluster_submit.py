@@ -11,13 +11,15 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-RAY = shutil.which("ray") or str(Path(__import__("sys").executable).parent / "ray")
+PYTHON = sys.executable  # the job's `python`: this interpreter, whatever PATH the head inherited
+RAY = str(Path(PYTHON).parent / "ray")
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(5400)]
 
@@ -52,15 +54,15 @@ def submitted(ray_head, mlflow_server, tmp_path_factory):
                                 "OMP_NUM_THREADS": "1"}}
     weights = storage / "runs" / "demo" / "weights"
     jobs = {
-        "generate": ["python", "-m", "jobs.generate", "jobs/configs/generate_demo.yaml",
+        "generate": [PYTHON, "-m", "jobs.generate", "jobs/configs/generate_demo.yaml",
                      "kinds=[{kind: blur}]", "stages=[{name: inpaint, kinds: [blur], pool_size: 1, num_cpus: 1}]",
                      "models={propainter: {random_init: 0, options: {raft_iterations: 2}}}",
                      "masks_per_clip=1", "sampling.nframes=4"],
-        "stage1": ["python", "-m", "jobs.train", "jobs/configs/stage1_demo.yaml", "scaling.num_workers=1",
+        "stage1": [PYTHON, "-m", "jobs.train", "jobs/configs/stage1_demo.yaml", "scaling.num_workers=1",
                    "optim.max_steps=2", "checkpointing.every_n_steps=2", "validation.every_n_steps=100",
                    f"model.weights_root={storage / 'tiny_weights'}"],
-        "weights": ["python", "-m", "evaluation.demo_weights", "runs/demo/weights"],  # relative: under the root
-        "evaluate": ["python", "-m", "jobs.evaluate", "jobs/configs/eval_demo.yaml",
+        "weights": [PYTHON, "-m", "evaluation.demo_weights", "runs/demo/weights"],  # relative: under the root
+        "evaluate": [PYTHON, "-m", "jobs.evaluate", "jobs/configs/eval_demo.yaml",
                      f"methods={{propainter: {{kind: propainter, weights: {weights / 'propainter'}, "
                      f"options: {{raft_iterations: 2}}, actors: {{num_gpus: 0, pool_size: 1}}}}}}",
                      "baseline=propainter", "benchmark.num_frames=4", "benchmark.height=32", "benchmark.width=32"],
