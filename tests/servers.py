@@ -157,19 +157,21 @@ class RayNode:
             command += ["--address", self.head_address]
         log = self.temp_dir / ("head.log" if self.head_address is None else f"node-{self.port}.log")
         # The dashboard gets minutes to start on a loaded machine (Ray's default gives up after 60 s).
-        env = {**self.client_env, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1",
+        env = {**self.client_env, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
                "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "300", **self.env}
         self.process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)
         if self.head_address is None:
+            # The dashboard answers before `ray start` has seen its node register (and may still exit after).
             auth = {"Authorization": f"Bearer {self.auth_token}"} if self.auth_token else {}
-            up = lambda: http_ok(f"{self.dashboard_url}/api/version", auth)  # noqa: E731
-            wait_for(lambda: self.process.poll() is not None or up(), 360, "ray head dashboard", log)
-            if not up():
-                if self.process.poll() is None:
-                    self.stop()
-                    raise TimeoutError(f"ray head dashboard not up\n{log.read_text()[-3000:]}")
-                return False
+            ready = lambda: ("Ray runtime started" in log.read_text()  # noqa: E731
+                             and http_ok(f"{self.dashboard_url}/api/version", auth))
+            try:
+                wait_for(lambda: self.process.poll() is not None or ready(), 360, "ray head dashboard", log)
+            except TimeoutError:
+                self.stop()
+                raise
+            return self.process.poll() is None
         return True
 
     def stop(self) -> None:
