@@ -149,6 +149,11 @@ class RayNode:
                    "--num-cpus", str(self.num_cpus), "--num-gpus", str(self.num_gpus)]
         if self.resources:
             command += ["--resources", self.resources]
+        # Fixed agent ports: otherwise the raylet waits ~15 s for the agents to write theirs to files and aborts
+        # the node when a loaded machine is slower.
+        for option in ("--dashboard-agent-grpc-port", "--dashboard-agent-listen-port", "--runtime-env-agent-port",
+                       "--metrics-export-port"):
+            command += [option, str(free_port())]
         if self.head_address is None:
             command += ["--head", "--port", str(self.port), "--temp-dir", str(self.temp_dir),
                         "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
