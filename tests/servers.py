@@ -149,11 +149,6 @@ class RayNode:
                    "--num-cpus", str(self.num_cpus), "--num-gpus", str(self.num_gpus)]
         if self.resources:
             command += ["--resources", self.resources]
-        # Fixed agent ports: otherwise the raylet waits ~15 s for the agents to write theirs to files and aborts
-        # the node when a loaded machine is slower.
-        for option in ("--dashboard-agent-grpc-port", "--dashboard-agent-listen-port", "--runtime-env-agent-port",
-                       "--metrics-export-port"):
-            command += [option, str(free_port())]
         if self.head_address is None:
             command += ["--head", "--port", str(self.port), "--temp-dir", str(self.temp_dir),
                         "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
@@ -161,9 +156,10 @@ class RayNode:
         else:
             command += ["--address", self.head_address]
         log = self.temp_dir / ("head.log" if self.head_address is None else f"node-{self.port}.log")
-        # The dashboard gets minutes to start on a loaded machine (Ray's default gives up after 60 s).
+        # The dashboard and the raylet's agents get minutes to start on a loaded machine (Ray's defaults give up
+        # after 60 s and 15 s, and the raylet then aborts the node).
         env = {**self.client_env, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-               "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "300", **self.env}
+               "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "300", "RAY_raylet_start_wait_time_s": "300", **self.env}
         self.process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)
         if self.head_address is None:
