@@ -18,7 +18,7 @@ RUN grep -viE '^deepspeed==' requirements.lock > /tmp/requirements-no-deepspeed.
 # DeepSpeed builds from source against the torch installed above; only CPU-Adam is prebuilt (the other ops stay JIT).
 # The build machine has no GPU: DS_ACCELERATOR=cuda builds the op for the CUDA accelerator the nodes run.
 RUN DS_ACCELERATOR=cuda DS_BUILD_OPS=0 DS_BUILD_CPU_ADAM=1 TORCH_CUDA_ARCH_LIST="8.0;8.6;9.0" \
-        pip install --no-cache-dir --no-build-isolation "$(grep -iE '^deepspeed==' requirements.lock)" \
+        pip install --no-cache-dir --no-build-isolation "$(grep -iE '^deepspeed==' requirements.lock | awk '{print $1}')" \
     && python -c "from deepspeed.git_version_info import installed_ops; assert installed_ops['cpu_adam'], installed_ops"
 
 # vipo itself (the `vipo` command). Jobs sent with `ray job submit --working-dir .` run their shipped copy instead.
