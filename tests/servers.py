@@ -159,7 +159,7 @@ class RayNode:
         # The dashboard and the raylet's agents get minutes to start on a loaded machine (Ray's defaults give up
         # after 60 s and 15 s, and the raylet then aborts the node).
         env = {**self.client_env, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-               "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "300", "RAY_raylet_start_wait_time_s": "300", **self.env}
+               "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "600", "RAY_raylet_start_wait_time_s": "600", **self.env}
         self.process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)
         if self.head_address is None:
@@ -168,7 +168,7 @@ class RayNode:
             ready = lambda: ("Ray runtime started" in log.read_text()  # noqa: E731
                              and http_ok(f"{self.dashboard_url}/api/version", auth))
             try:
-                wait_for(lambda: self.process.poll() is not None or ready(), 360, "ray head dashboard", log)
+                wait_for(lambda: self.process.poll() is not None or ready(), 900, "ray head dashboard", log)
             except TimeoutError:
                 self.stop()
                 raise

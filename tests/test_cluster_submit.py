@@ -51,7 +51,7 @@ def submitted(ray_head, mlflow_server, tmp_path_factory):
     storage.mkdir(parents=True)
     # What the README passes: the job's environment comes from --runtime-env-json, not the submitting shell.
     runtime_env = {"env_vars": {"VIPO_STORAGE_ROOT": str(storage), "MLFLOW_TRACKING_URI": mlflow_server.uri,
-                                "OMP_NUM_THREADS": "1"}}
+                                "OMP_NUM_THREADS": "1", "VIPO_VERBOSE": "1"}}  # workers' output in the logs
     weights = storage / "runs" / "demo" / "weights"
     jobs = {
         "generate": [PYTHON, "-m", "jobs.generate", "jobs/configs/generate_demo.yaml",
