@@ -156,10 +156,9 @@ class RayNode:
         else:
             command += ["--address", self.head_address]
         log = self.temp_dir / ("head.log" if self.head_address is None else f"node-{self.port}.log")
-        # The dashboard and the raylet's agents get minutes to start on a loaded machine (Ray's defaults give up
-        # after 60 s and 15 s, and the raylet then aborts the node).
+        # The dashboard gets minutes to start on a loaded machine (Ray's default gives up after 60 s).
         env = {**self.client_env, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-               "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "600", "RAY_raylet_start_wait_time_s": "600", **self.env}
+               "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "600", **self.env}
         self.process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)
         if self.head_address is None:
