@@ -20,7 +20,7 @@ import os
 import random
 import re
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -53,13 +53,15 @@ _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d{8})$")
 @dataclass
 class TrainingProgress:
     """Where training stands. ``batch_in_epoch`` counts micro-batches of ``epoch`` each rank has consumed, so a
-    resumed run skips exactly those and sees the same data order an uninterrupted run would."""
+    resumed run skips exactly those and sees the same data order an uninterrupted run would. ``guard`` is the
+    step guard's state (:meth:`vipo.train.guard.StepGuard.state_dict`)."""
 
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
     seed: int = 0
     samples_seen: int = 0
+    guard: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

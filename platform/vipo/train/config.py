@@ -21,6 +21,7 @@ __all__ = [
     "DeepSpeedSettings",
     "DiffuEraserModelSettings",
     "FailureSettings",
+    "GuardSettings",
     "ModelSettings",
     "OptimSettings",
     "ScalingSettings",
@@ -85,6 +86,20 @@ class FailureSettings(Config):
 
     max_failures: int = Field(default=0, ge=-1)
     inject_at_step: int | None = Field(default=None, ge=1)
+
+
+class GuardSettings(Config):
+    """The step guard (:class:`vipo.train.guard.StepGuard`): which optimiser steps are skipped rather than taken.
+
+    A non-finite loss or gradient norm always skips the step. ``spike_factor`` (null: off) also skips a step whose
+    loss exceeds ``spike_factor`` × the mean of the last ``spike_window`` taken steps' losses (seed 004's rule,
+    5×), once that many are known and their mean is positive. ``max_consecutive_skips`` skipped steps in a row
+    stop the run with an error naming the reasons.
+    """
+
+    max_consecutive_skips: int = Field(default=5, ge=1)
+    spike_factor: float | None = Field(default=None, gt=1)
+    spike_window: int = Field(default=50, ge=1)
 
 
 class ValidationSettings(Config):
@@ -165,6 +180,7 @@ class TrainConfig(JobConfig):
     deepspeed: DeepSpeedSettings = DeepSpeedSettings()
     checkpointing: CheckpointSettings = CheckpointSettings()
     failure: FailureSettings = FailureSettings()
+    guard: GuardSettings = GuardSettings()
     validation: ValidationSettings = ValidationSettings()
 
     @model_validator(mode="before")

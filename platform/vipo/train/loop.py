@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,6 +40,7 @@ from vipo.train.checkpointing import (
 )
 from vipo.train.config import TrainConfig
 from vipo.train.engine import Engine, WorkerContext
+from vipo.train.guard import StepGuard, nonfinite_parameters
 
 __all__ = ["DRILL_MARKER", "InjectedFailure", "Recipe", "TrainLoop", "run_recipe", "video_grid"]
 
@@ -115,6 +117,8 @@ class TrainLoop:
         self.loader_workers = loader_workers
         self.noise = torch.Generator().manual_seed(cfg.seed * 100_003 + ctx.rank)
         self.progress = TrainingProgress(seed=cfg.seed)
+        self.guard = StepGuard(cfg.guard)
+        self._skip_reason: str | None = None  # the guard's verdict on the step in progress
         if checkpoint is not None:
             self._restore(checkpoint)
         # Decided once, on every rank alike, so all ranks crash together and a relaunch does not crash again.
@@ -176,14 +180,28 @@ class TrainLoop:
                 def loss_fn() -> torch.Tensor:
                     loss, metrics = self.recipe.compute_loss(batch)
                     extras.update(metrics)
+                    micro_losses.append(loss.detach().float())
                     return loss
 
+                def judge(grad_norm: float | None) -> str | None:
+                    # The step's loss over its micro-batches and ranks: every rank reaches the same verdict.
+                    self._skip_reason = self.guard.check(self._mean_over_ranks(torch.stack(micro_losses).mean()),
+                                                         grad_norm)
+                    return self._skip_reason
+
                 lr = self.engine.lr  # the rate this update uses: the schedule advances inside micro_step
-                loss, grad_norm = self.engine.micro_step(loss_fn)
-                micro_losses.append(loss.float())
+                self._skip_reason = None
+                _, grad_norm = self.engine.micro_step(loss_fn, judge)
                 p.batch_in_epoch += 1
                 p.samples_seen += cfg.batch_size * self.ctx.world_size
                 if grad_norm is None:
+                    continue
+                if self._skip_reason is not None:
+                    tqdm.write(f"warning: optimiser step {p.step + 1} skipped ({self._skip_reason}: loss "
+                               f"{torch.stack(micro_losses).mean().item()}, grad norm {grad_norm}); "
+                               f"{self.guard.consecutive} in a row", file=sys.stderr)
+                    micro_losses.clear()
+                    extras.clear()
                     continue
                 p.step += 1
                 elapsed = time.perf_counter() - step_start
@@ -209,6 +227,13 @@ class TrainLoop:
                 p.batch_in_epoch = 0
         bar.close()
 
+    def _mean_over_ranks(self, value: torch.Tensor) -> float:
+        if self.ctx.world_size == 1:
+            return float(value)
+        value = value.detach().to(self.ctx.device, torch.float64)
+        dist.all_reduce(value)
+        return value.item() / self.ctx.world_size
+
     def _step_metrics(self, loss: torch.Tensor, extras: Mapping[str, float], grad_norm: float, lr: float,
                       elapsed: float) -> dict[str, float]:
         """Loss and recipe scalars averaged over ranks (one all-reduce), plus the step's lr, the gradient norm
@@ -223,17 +248,24 @@ class TrainLoop:
         metrics = {"loss": values[0].item(), **{n: v.item() for n, v in zip(names, values[1:])}}
         metrics.update(lr=lr, grad_norm=grad_norm, step_time_s=elapsed,
                        samples_per_s=samples / elapsed if elapsed > 0 else math.nan, epoch=self.progress.epoch)
+        metrics.update(self.guard.metrics())
         if self.ctx.device.type == "cuda":
             metrics["gpu_mem_peak_gb"] = torch.cuda.max_memory_allocated(self.ctx.device) / 2**30
         return metrics
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def save(self, metrics: Mapping[str, float]) -> None:
-        """Write this rank's part of the checkpoint and report it (every rank, so Ray merges the folders)."""
+        """Write this rank's part of the checkpoint and report it (every rank, so Ray merges the folders).
+        Weights holding a NaN or an infinity are never written: the run stops instead."""
         step = self.progress.step
+        self.progress.guard = self.guard.state_dict()
         with tempfile.TemporaryDirectory(prefix="vipo-ckpt-") as tmp:
             directory = Path(tmp)
             with self.engine.full_weights():
+                bad = nonfinite_parameters((n, p) for n, p in self.engine.model.named_parameters() if p.requires_grad)
+                if bad:
+                    raise RuntimeError(f"step {step}: non-finite weights ({', '.join(bad[:3])}, ...: {len(bad)} "
+                                       "tensors); no checkpoint written. Relaunch resumes from the last good one")
                 if self.ctx.is_main:
                     self.recipe.save_checkpoint(directory / WEIGHTS_DIR)
             self.engine.save_state(directory, self.ctx)
@@ -258,6 +290,7 @@ class TrainLoop:
     def _restore(self, checkpoint: Path) -> None:
         self.engine.load_state(checkpoint)
         self.progress = TrainingProgress.from_file(checkpoint / PROGRESS_FILE)
+        self.guard.load_state_dict(self.progress.guard)
         rng = rng_file(checkpoint, self.ctx.rank)
         if rng.is_file():
             restore_rng(torch.load(rng, map_location="cpu", weights_only=False), self.noise)
