@@ -41,6 +41,7 @@ __all__ = [
     "list_checkpoints",
     "restore_rng",
     "rng_file",
+    "seed_global_rngs",
 ]
 
 WEIGHTS_DIR = "weights"
@@ -116,6 +117,15 @@ def capture_rng(noise: torch.Generator) -> dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def seed_global_rngs(seed: int, rank: int) -> None:
+    """Seed Python's, NumPy's and torch's global RNGs (CUDA's too) from the run's seed and this rank, so draws a
+    library makes behind our back (peft's init, dropout) repeat from run to run and differ between ranks."""
+    mixed = int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+    random.seed(mixed)
+    np.random.seed(mixed)
+    torch.manual_seed(mixed)
 
 
 def restore_rng(state: dict[str, Any], noise: torch.Generator) -> None:

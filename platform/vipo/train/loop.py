@@ -37,6 +37,7 @@ from vipo.train.checkpointing import (
     checkpoint_dir_name,
     restore_rng,
     rng_file,
+    seed_global_rngs,
 )
 from vipo.train.config import TrainConfig
 from vipo.train.engine import Engine, WorkerContext
@@ -115,6 +116,7 @@ class TrainLoop:
                  checkpoint: Path | None, loader_workers: int = 0):
         self.recipe, self.cfg, self.ctx, self.engine, self.dataset = recipe, cfg, ctx, engine, dataset
         self.loader_workers = loader_workers
+        seed_global_rngs(cfg.seed, ctx.rank)  # a resume then restores the checkpoint's states instead
         self.noise = torch.Generator().manual_seed(cfg.seed * 100_003 + ctx.rank)
         self.progress = TrainingProgress(seed=cfg.seed)
         self.guard = StepGuard(cfg.guard)
@@ -347,6 +349,7 @@ def run_recipe(recipe_cls: type[Recipe], config: dict) -> None:
     cfg = validate_config(recipe_cls.config_class, config, "<train config>")
     ctx = WorkerContext.from_ray()
     checkpoint = ray.train.get_checkpoint()
+    seed_global_rngs(cfg.seed, ctx.rank)  # setup's draws (model init) repeat too
     recipe = recipe_cls(cfg, ctx)
     try:
         with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as directory:
