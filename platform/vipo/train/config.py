@@ -78,13 +78,16 @@ class CheckpointSettings(Config):
 
 
 class FailureSettings(Config):
-    """``max_failures`` worker-group restarts per launch (-1: unlimited).
+    """``max_failures`` worker-group restarts per launch (-1: unlimited); each resumes from the newest complete
+    checkpoint. ``preemption_grace_s``: after SIGTERM, how long the driver waits for the workers to checkpoint at
+    their next step boundary before it exits anyway (:mod:`vipo.train.preemption`).
 
     ``inject_at_step`` is a fault-tolerance drill: the workers crash once when they reach that step (a marker
     in the run folder keeps the relaunch from crashing again), so a cluster's resume path can be checked.
     """
 
     max_failures: int = Field(default=0, ge=-1)
+    preemption_grace_s: float = Field(default=120.0, gt=0)
     inject_at_step: int | None = Field(default=None, ge=1)
 
 

@@ -35,13 +35,16 @@ from vipo.train.checkpointing import (
     atomic_write_text,
     capture_rng,
     checkpoint_dir_name,
+    mark_complete,
     restore_rng,
+    resume_checkpoint,
     rng_file,
     seed_global_rngs,
 )
 from vipo.train.config import TrainConfig
 from vipo.train.engine import Engine, WorkerContext
 from vipo.train.guard import StepGuard, nonfinite_parameters
+from vipo.train.preemption import stop_requested
 
 __all__ = ["DRILL_MARKER", "InjectedFailure", "Recipe", "TrainLoop", "run_recipe", "video_grid"]
 
@@ -121,6 +124,7 @@ class TrainLoop:
         self.progress = TrainingProgress(seed=cfg.seed)
         self.guard = StepGuard(cfg.guard)
         self._skip_reason: str | None = None  # the guard's verdict on the step in progress
+        self.stopped_early = False  # a stop request (SIGTERM to the driver) ended the run at a checkpoint
         if checkpoint is not None:
             self._restore(checkpoint)
         # Decided once, on every rank alike, so all ranks crash together and a relaunch does not crash again.
@@ -163,11 +167,12 @@ class TrainLoop:
         Returns the export folder (rank 0) or None. The MLflow run is closed FINISHED or FAILED."""
         try:
             self._train()
-            out = self._export() if self.cfg.export_on_finish and self.ctx.is_main else None
+            finished = not self.stopped_early
+            out = self._export() if finished and self.cfg.export_on_finish and self.ctx.is_main else None
         except BaseException:
             self.logger.close("FAILED")
             raise
-        self.logger.close()
+        self.logger.close("FINISHED" if finished else "KILLED")
         return out
 
     def _train(self) -> None:
@@ -177,7 +182,7 @@ class TrainLoop:
         step_start = time.perf_counter()
         bar = tqdm(total=cfg.optim.max_steps, initial=p.step, desc=f"train {cfg.run_name}",
                    disable=not self.ctx.is_main, dynamic_ncols=True)
-        while p.step < cfg.optim.max_steps:
+        while p.step < cfg.optim.max_steps and not self.stopped_early:
             for batch in self.epoch_loader(p.epoch, p.batch_in_epoch):
                 def loss_fn() -> torch.Tensor:
                     loss, metrics = self.recipe.compute_loss(batch)
@@ -215,19 +220,31 @@ class TrainLoop:
                 if self.ctx.is_main and p.step % cfg.log_every_n_steps == 0:
                     self.logger.log_metrics(metrics, step=p.step)
                 last = p.step >= cfg.optim.max_steps
-                if last or p.step % cfg.checkpointing.every_n_steps == 0:
+                saved = last or p.step % cfg.checkpointing.every_n_steps == 0
+                if saved:
                     self.save(metrics)
                 every = cfg.validation.every_n_steps
                 if every is not None and (last or p.step % every == 0):
                     self.validate()
                 self._maybe_inject_failure()
                 step_start = time.perf_counter()
-                if last:
+                if not last and self._stop_requested():
+                    if not saved:
+                        self.save(metrics)
+                    self.stopped_early = True
+                if last or self.stopped_early:
                     break
             else:
                 p.epoch += 1
                 p.batch_in_epoch = 0
         bar.close()
+
+    def _stop_requested(self) -> bool:
+        """Rank 0's view of the stop request, on every rank: all stop after the same step."""
+        flag = torch.tensor([float(self.ctx.is_main and stop_requested(self.cfg.run_dir))], device=self.ctx.device)
+        if self.ctx.world_size > 1:
+            dist.broadcast(flag, src=0)
+        return bool(flag.item())
 
     def _mean_over_ranks(self, value: torch.Tensor) -> float:
         if self.ctx.world_size == 1:
@@ -274,8 +291,12 @@ class TrainLoop:
             atomic_save(capture_rng(self.noise), rng_file(directory, self.ctx.rank))
             if self.ctx.is_main:
                 atomic_write_text(yaml.safe_dump(dump_config(self.cfg), sort_keys=False), directory / CONFIG_FILE)
-                atomic_write_text(self.progress.to_json(), directory / PROGRESS_FILE)  # last: marks completeness
             self._report(dict(metrics, step=step), directory, checkpoint_dir_name(step))
+        # Every rank's part is in the run folder once every rank is back from report(): only then is it complete.
+        if self.ctx.world_size > 1:
+            dist.barrier()
+        if self.ctx.is_main:
+            mark_complete(self.cfg.run_dir / checkpoint_dir_name(step), self.progress)
 
     def _report(self, metrics: dict, directory: Path, name: str) -> None:
         if self.ctx.in_ray:
@@ -343,17 +364,18 @@ class TrainLoop:
 
 
 def run_recipe(recipe_cls: type[Recipe], config: dict) -> None:
-    """The body of every recipe's Ray Train function: validate, restore, setup → train → cleanup."""
+    """The body of every recipe's Ray Train function: validate, restore, setup → train → cleanup. It resumes from
+    the newest complete checkpoint of Ray's record and the run folder's (:func:`resume_checkpoint`)."""
     import ray.train
 
     cfg = validate_config(recipe_cls.config_class, config, "<train config>")
     ctx = WorkerContext.from_ray()
-    checkpoint = ray.train.get_checkpoint()
+    ray_checkpoint = ray.train.get_checkpoint()
     seed_global_rngs(cfg.seed, ctx.rank)  # setup's draws (model init) repeat too
     recipe = recipe_cls(cfg, ctx)
     try:
-        with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as directory:
-            recipe.setup(Path(directory) if directory else None)
+        with ray_checkpoint.as_directory() if ray_checkpoint else contextlib.nullcontext() as directory:
+            recipe.setup(resume_checkpoint(cfg.run_dir, directory))
         recipe.train()
     finally:
         recipe.cleanup()
