@@ -9,9 +9,18 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from test_train_recipes import make_recipe, weights_root  # noqa: F401  (fixture)
 
 from vipo.train import checkpointing, export
-from vipo.train.checkpointing import PROGRESS_FILE, TrainingProgress, mark_complete, resume_checkpoint
+from vipo.train.checkpointing import (
+    PROGRESS_FILE,
+    TrainingProgress,
+    list_checkpoints,
+    mark_complete,
+    resume_checkpoint,
+)
+from vipo.train.engine import WorkerContext
 from vipo.train.export import replace_folder, restore_folder
 from vipo.train.preemption import STOP_REQUEST_FILE, PreemptionTimeout, stop_on_sigterm, stop_requested
 
@@ -128,3 +137,26 @@ def test_export_swap_survives_a_kill_at_each_point(tmp_path, monkeypatch, kill_a
     replace_folder(folder_with(tmp_path / "staging2" / "export", "newer"), target)
     assert content(target) == "newer"
     assert sorted(p.name for p in target.parent.iterdir()) == [target.name]
+
+
+def test_a_stop_request_checkpoints_the_step_in_progress_and_the_resume_continues_exactly(
+        weights_root, tmp_path):  # noqa: F811
+    settings = ("optim.max_steps=3", "checkpointing.every_n_steps=3", "export_on_finish=false")
+    straight = make_recipe("stage1", weights_root, tmp_path / "straight", *settings)
+    straight.loop.run()
+
+    stopped = make_recipe("stage1", weights_root, tmp_path / "stopped", *settings)
+    run_dir = stopped.cfg.run_dir
+    run_dir.mkdir(parents=True)
+    (run_dir / STOP_REQUEST_FILE).write_text("0\n")  # what SIGTERM to the driver writes
+    stopped.loop.run()
+    assert stopped.loop.stopped_early and stopped.loop.logger.status == "KILLED"
+    assert list(list_checkpoints(run_dir)) == [1]  # off the every-3 schedule: written for the stop
+    (run_dir / STOP_REQUEST_FILE).unlink()  # a relaunch clears it (stop_on_sigterm)
+
+    resumed = type(stopped)(stopped.cfg, WorkerContext())
+    resumed.setup(list_checkpoints(run_dir)[1])
+    resumed.loop.run()
+    assert resumed.loop.logger.status == "FINISHED"
+    expected, got = straight.engine.model.state_dict(), resumed.engine.model.state_dict()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
