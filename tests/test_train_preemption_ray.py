@@ -4,8 +4,8 @@ at the step the kill left and ends bit-identical to an uninterrupted run."""
 
 from __future__ import annotations
 
-import signal
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -70,13 +70,17 @@ def test_kill_after_a_complete_checkpoint_before_rays_snapshot_resumes_at_that_s
 
     with pytest.raises(TrainingFailedError, match="inject_at_step=2"):
         launch("failure.inject_at_step=2")
-    snapshot = run_dir / "checkpoint_manager_snapshot.json"
-    stale = snapshot.read_bytes()  # Ray's record: checkpoint 2 at most
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"  # Ray's record: checkpoint 2 at most
+    stale = snapshot.read_bytes() if snapshot.exists() else None
     (run_dir / DRILL_MARKER).unlink()
     with pytest.raises(TrainingFailedError, match="inject_at_step=3"):
         launch("failure.inject_at_step=3")
     assert list(list_checkpoints(run_dir)) == [1, 2, 3]
-    snapshot.write_bytes(stale)  # as if the kill landed after checkpoint 3 was complete, before Ray recorded it
+    # As if the kill landed after checkpoint 3 was complete, before Ray recorded it.
+    if stale is None:
+        snapshot.unlink()
+    else:
+        snapshot.write_bytes(stale)
     before = marker_identity(run_dir, 3)
 
     assert launch("failure.inject_at_step=3").error is None  # the same command again
