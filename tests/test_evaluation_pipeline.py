@@ -145,6 +145,16 @@ def test_cache_key_follows_the_weights_content_and_seed_not_the_path(tmp_path):
     assert copy.checkpoint_hash() != first.checkpoint_hash() and copy.method_hash() != first.method_hash()
 
 
+def test_diffueraser_prior_runs_with_the_diffueraser_prior_preset(tmp_path):
+    prior = {"kind": "propainter", "weights": tmp_path, "options": {"raft_iterations": 2}}
+    options = DiffuEraserMethod(weights=tmp_path, prior=prior).prior.options
+    assert (options.preset, options.resize_ratio, options.subvideo_length, options.raft_iterations) == (
+        "diffueraser_prior", 0.6, 50, 2)
+    explicit = {**prior, "options": {"preset": "standalone"}}
+    assert DiffuEraserMethod(weights=tmp_path, prior=explicit).prior.options.resize_ratio == 1.0
+    assert ProPainterMethod(weights=tmp_path).options.preset == "standalone"  # ProPainter as its own method
+
+
 def test_eval_configs_reject_bad_input(tmp_path):
     valid = [f"output_dir={tmp_path}", *_weights_overrides(dict.fromkeys(("propainter", "diffueraser", "stage3"),
                                                                          tmp_path))]

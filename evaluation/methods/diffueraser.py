@@ -9,9 +9,9 @@ builds the hard composite itself.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from evaluation.methods.base import Inpaint, MethodConfig, register_method
 from evaluation.methods.propainter import ProPainterMethod
@@ -37,7 +37,8 @@ class DiffuEraserMethod(MethodConfig):
     """DiffuEraser weights root in the upstream layout (``vipo.models.diffueraser_weights``): its
     ``diffuEraser/unet_main`` and ``brushnet`` are the stage-2 weights."""
     prior: ProPainterMethod | None = None
-    """ProPainter whose output initialises the latents (the group's protocol); None starts from noise."""
+    """ProPainter whose output initialises the latents (the group's protocol); None starts from noise. Its options
+    default to ``preset: diffueraser_prior`` (``vipo.pipelines.propainter.DIFFUERASER_PRIOR``), as upstream runs it."""
     num_inference_steps: int = Field(default=2, ge=1)
     pcm_steps: int | None = Field(default=2, ge=1)
     """Load the PCM LoRA distilled for this many steps and sample with TCD; None: plain UniPC sampling."""
@@ -45,6 +46,13 @@ class DiffuEraserMethod(MethodConfig):
     max_image_size: int | None = Field(default=None, ge=8)
 
     weight_fields = ("weights", "prior")
+
+    @field_validator("prior", mode="before")
+    @classmethod
+    def _prior_runs_as_upstream(cls, prior: Any) -> Any:
+        if isinstance(prior, dict) and isinstance(prior.get("options", {}), dict):
+            return {**prior, "options": {"preset": "diffueraser_prior", **prior.get("options", {})}}
+        return prior
 
     def model_paths(self) -> tuple[Path | None, Path | None]:
         """``(unet_path, brushnet_path)`` replacing the layout's; None keeps the layout's."""
