@@ -91,6 +91,11 @@ def test_dilate_hole_masks_erodes_once_then_dilates():
     expected = np.zeros((1, 20, 20), dtype=bool)
     expected[0, 5:13, 5:13] = True
     assert np.array_equal(dilate_hole_masks(masks, iterations=2), expected)
+    # No dilation: upstream's erosion is not undone (the quirk behind raw6's 1-px ring) unless it is switched off.
+    eroded = np.zeros((1, 20, 20), dtype=bool)
+    eroded[0, 7:11, 7:11] = True
+    assert np.array_equal(dilate_hole_masks(masks, iterations=0), eroded)
+    assert np.array_equal(dilate_hole_masks(masks, iterations=0, erosion=0), masks)
 
 
 def test_feathered_blend_masks_match_the_gaussian_formula():

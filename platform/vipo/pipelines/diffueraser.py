@@ -2,7 +2,9 @@
 
 Follows upstream ``diffueraser/diffueraser.py`` + ``pipeline_diffueraser.py`` (spec sections 4.1-4.7):
 
-1. masks are binarised, eroded once and dilated ``mask_dilation_iter`` times (3x3); holes are blacked out;
+1. masks are binarised, eroded ``mask_erosion_iter`` times (upstream once) and dilated ``mask_dilation_iter`` times
+   (3x3); holes are blacked out. With ``mask_dilation_iter=0`` the erosion is not undone: the model is given the
+   ground truth of a 1-px ring inside the caller's hole (upstream's quirk, kept as the default);
 2. BrushNet's conditioning is the VAE latent of the masked frames plus the known-pixel mask (1 = known);
 3. the prior (e.g. ProPainter output) is VAE-encoded and forward-diffused to the first sampling timestep --
    what upstream's ``add_noise`` call effectively does (t = 999 for the 2-step PCM schedule); ``prior=None``
@@ -55,6 +57,7 @@ from vipo.models.unet_brushnet import BrushNetUNet
 WINDOW_SIZE = 22
 WINDOW_OVERLAP = WINDOW_SIZE // 4
 MASK_DILATION_ITER = 8
+MASK_EROSION_ITER = 1
 # cv2.GaussianBlur kernel of upstream's feathered compositing (sigma derived from the size: 3.5 px).
 BLEND_KERNEL_SIZE = 21
 
@@ -77,8 +80,11 @@ class DiffuEraserPipelineOutput(BaseOutput):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def dilate_hole_masks(hole_masks: np.ndarray, iterations: int = MASK_DILATION_ITER) -> np.ndarray:
-    """Upstream mask preprocessing: erode once, then dilate ``iterations`` times, both with a 3x3 square.
+def dilate_hole_masks(
+    hole_masks: np.ndarray, iterations: int = MASK_DILATION_ITER, erosion: int = MASK_EROSION_ITER
+) -> np.ndarray:
+    """Upstream mask preprocessing: erode ``erosion`` times (upstream once), then dilate ``iterations`` times, both
+    with a 3x3 square.
 
     Args:
         hole_masks: ``(F, H, W)``, True / non-zero = hole.
@@ -89,7 +95,8 @@ def dilate_hole_masks(hole_masks: np.ndarray, iterations: int = MASK_DILATION_IT
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))
     dilated = []
     for mask in np.asarray(hole_masks):
-        mask = cv2.erode((mask > 0).astype(np.uint8), kernel, iterations=1)
+        mask = (mask > 0).astype(np.uint8)
+        mask = cv2.erode(mask, kernel, iterations=erosion) if erosion > 0 else mask
         dilated.append(cv2.dilate(mask, kernel, iterations=iterations) if iterations > 0 else mask)
     return np.stack(dilated).astype(bool)
 
@@ -332,6 +339,7 @@ class DiffuEraserPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         seeds: list[int],
         num_inference_steps: int,
         mask_dilation_iter: int,
+        mask_erosion_iter: int,
         window_size: int,
         window_overlap: int,
         windows_per_batch: int,
@@ -357,6 +365,7 @@ class DiffuEraserPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         checks = {
             "num_inference_steps": num_inference_steps >= 1,
             "mask_dilation_iter": mask_dilation_iter >= 0,
+            "mask_erosion_iter": mask_erosion_iter >= 0,
             "window_size": window_size >= 1 and (max_window is None or window_size <= max_window),
             "window_overlap": 0 <= window_overlap < window_size,
             "windows_per_batch": windows_per_batch >= 1,
@@ -377,6 +386,7 @@ class DiffuEraserPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         seed: int | Sequence[int] = 0,
         num_inference_steps: int = 2,
         mask_dilation_iter: int = MASK_DILATION_ITER,
+        mask_erosion_iter: int = MASK_EROSION_ITER,
         window_size: int = WINDOW_SIZE,
         window_overlap: int = WINDOW_OVERLAP,
         keyframe_pass: bool = True,
@@ -395,7 +405,9 @@ class DiffuEraserPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             seed: one seed, or one per segment: the video is cut into that many equal segments, each inpainted
                 independently with its seed, then spliced. Same seeds -> same output.
             num_inference_steps: 2 for the 2-step PCM LoRA; more for plain samplers.
-            mask_dilation_iter: 3x3 dilations after the single erosion (upstream 8).
+            mask_dilation_iter: 3x3 dilations after the erosion (upstream 8).
+            mask_erosion_iter: 3x3 erosions first (upstream 1; with no dilation the hole filled is that much
+                smaller than ``hole_masks``).
             window_size, window_overlap: sliding windows (upstream 22 and 5).
             keyframe_pass: pre-inpaint keyframes of videos longer than ``2 * window_size`` (upstream on).
             blend: feathered compositing; ``False`` pastes the generation into the dilated hole only.
@@ -408,13 +420,13 @@ class DiffuEraserPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         seeds = [seed] if isinstance(seed, (int, np.integer)) else list(seed)
         # 1. check inputs
         self.check_inputs(
-            frames, hole_masks, prior, seeds, num_inference_steps, mask_dilation_iter, window_size,
+            frames, hole_masks, prior, seeds, num_inference_steps, mask_dilation_iter, mask_erosion_iter, window_size,
             window_overlap, windows_per_batch, decode_chunk_size, max_image_size, eta,
         )  # fmt: skip
         device, dtype = self._execution_device, self.unet.dtype
         size = processing_size(*frames.shape[1:3], max_image_size)
         # 2. masks: preprocess at input size (compositing), resize for the models
-        holes = dilate_hole_masks(hole_masks, mask_dilation_iter)
+        holes = dilate_hole_masks(hole_masks, mask_dilation_iter, mask_erosion_iter)
         model_holes = _resize(holes.astype(np.uint8), size, cv2.INTER_NEAREST).astype(bool)
         model_frames = _resize(frames, size, cv2.INTER_AREA)
         model_masked = model_frames * ~model_holes[..., None]
