@@ -6,8 +6,8 @@ and the full frame, either static or drifting with a random-walk velocity. Two k
 
 * ``shape: upstream`` (default) sizes the blob as upstream's matplotlib rendering does: the control points'
   overall range, widened by 10 %, spans the default axes (77.5 % × 77 % of the figure) and the figure is resized
-  to the drawn box, then cropped to the blob, so holes come out about half the drawn box (≈ 7 % of a 512² frame,
-  bounding box ≈ 0.35 of the side). ``shape: fill_box`` stretches the blob to fill the drawn box exactly
+  to the drawn box, then cropped to the blob, so holes come out about half the drawn box (≈ 7.5 % of a 512² frame,
+  bounding box ≈ 0.37 of the side). ``shape: fill_box`` stretches the blob to fill the drawn box exactly
   (vipo's first shape: holes ≈ 25 % of the frame, box ≈ 0.69 of the side).
 * ``motion: upstream`` (default) steps by ``int(speed · (sin θ, cos θ))`` (truncated toward zero), random-walks the
   speed by N(0, ``speed_noise``) unbounded and, when a step leaves the frame, clips it and re-draws the speed as
