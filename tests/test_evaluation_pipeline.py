@@ -33,7 +33,8 @@ from evaluation.methods import (
 )
 from evaluation.paired import paired_delta
 from evaluation.runs import TAG
-from evaluation.scoring import METRICS, ScoringConfig
+from evaluation.metrics import frame_ssim_win65
+from evaluation.scoring import METRICS, Scorer, ScoringConfig
 from evaluation.stage import EvaluateStage
 from vipo.config import ConfigError, load_config
 from vipo.data import SAMPLE_DATA_ROOT
@@ -167,6 +168,21 @@ def test_diffueraser_prior_runs_with_the_diffueraser_prior_preset(tmp_path):
     explicit = {**prior, "options": {"preset": "standalone"}}
     assert DiffuEraserMethod(weights=tmp_path, prior=explicit).prior.options.resize_ratio == 1.0
     assert ProPainterMethod(weights=tmp_path).options.preset == "standalone"  # ProPainter as its own method
+
+
+def test_scorer_reports_the_win65_ssim_of_the_hard_composite():
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (2, 72, 80, 3), dtype=np.uint8)
+    prediction = rng.integers(0, 256, frames.shape, dtype=np.uint8)
+    hole = np.zeros(frames.shape[:3], bool)
+    hole[:, 20:50, 10:40] = True
+    scorer = Scorer(ScoringConfig(metrics=["ssim", "ssim_win65"])).setup("cpu")
+    scores = scorer.score(frames, hole, prediction)
+    composite = np.where(hole[..., None], prediction, frames)
+    assert scores["ssim_win65"] == pytest.approx(frame_ssim_win65(composite, frames))
+    assert scores["ssim_win65"] < 1 and scores["ssim_win65"] != pytest.approx(scores["ssim"])
+    small = scorer.score(frames[:, :32, :32], hole[:, :32, :32], prediction[:, :32, :32])
+    assert np.isnan(small["ssim_win65"]) and np.isfinite(small["ssim"])  # 65 px window does not fit
 
 
 def test_eval_configs_reject_bad_input(tmp_path):
