@@ -111,7 +111,8 @@ def evaluate(config: EvaluateConfig) -> Evaluation:
     report = build_report(output_dir / "reports" / f"{benchmark.name}-{benchmark.hash}", benchmark_name=benchmark.name,
                           benchmark_hash=benchmark.hash, results=results, baseline=config.baseline_label,
                           metrics=metrics, config=config.report, benchmark=benchmark, seed=config.seed,
-                          notes=[note for note in [config.scoring.flow_note()] if note is not None])
+                          notes=[note for note in [config.scoring.flow_note()] if note is not None]
+                          + [note for label, method in config.methods.items() for note in method.notes(label)])
     if tracking_uri:
         log_compare_run(tracking_uri, experiment, artifact_root, benchmark_name=benchmark.name,
                         benchmark_hash=benchmark.hash, scoring_hash=scores_key, baseline=report.baseline,
