@@ -39,8 +39,9 @@ def run(output_dir: Path) -> None:
 
     out = Path(output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    shared = [f"tracking.tracking_uri=sqlite:///{out / 'mlflow.db'}"]
-    init_ray(RayConfig(num_cpus=4))
+    tracking_uri = f"sqlite:///{out / 'mlflow.db'}"
+    shared = [f"tracking.tracking_uri={tracking_uri}"]
+    init_ray(RayConfig(num_cpus=4), tracking_uri)
     timings: dict[str, float] = {}
 
     start = _step("weights (tiny random DiffuEraser, random ProPainter)")

@@ -100,8 +100,8 @@ def run(config_path: str | Path | None, overrides: list[str], resume: bool = Fal
     scorer = HoleScorer.from_config(config.scoring)
     summary = generate(
         config, scorer, resume=resume, overwrite=overwrite,
-        logger_factory=lambda: build_logger(config.tracking, config.output_dir,
-                                            f"generate-{config.content_hash()}", resume=resume),
+        logger_factory=lambda: build_logger(config.tracking, config.output_dir, f"generate-{config.content_hash()}",
+                                            run_folder=config.output_dir, resume=resume, system_metrics=True),
     )
     written, skipped = summary["samples_written"], summary["samples_skipped"]
     print(f"generate: {written} samples written, {skipped} skipped {summary['skipped_by_reason']}, "

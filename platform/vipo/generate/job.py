@@ -122,9 +122,9 @@ def _default_executor(config: GenerateConfig) -> Executor:
 
     def on_ray(work: list[WorkResult], stages: list[GenerateStage]) -> Iterator[WorkResult]:
         from vipo.generate.adapter import run_on_ray
-        from vipo.tracking import init_ray
+        from vipo.tracking import init_ray, launch_tracking_uri
 
-        init_ray(config.ray)  # only when there is work: a finished run resumes without starting Ray
+        init_ray(config.ray, launch_tracking_uri(config.tracking, config.output_dir))  # only when there is work: a finished run resumes without starting Ray
         return run_on_ray(work, stages)
 
     return on_ray

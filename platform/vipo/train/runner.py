@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Sequence
 
 from vipo.config import dump_config
-from vipo.tracking import init_ray
+from vipo.tracking import init_ray, launch_tracking_uri
 from vipo.train.config import TrainConfig
 from vipo.train.recipes import get_recipe, recipe_module
 
@@ -50,7 +50,7 @@ def build_trainer(cfg: TrainConfig, callbacks: Sequence["UserCallback"] = ()) ->
 def fit(cfg: TrainConfig, callbacks: Sequence["UserCallback"] = ()) -> "Result":
     """Start or join Ray (``cfg.ray``), then train; raises ``ray.train.TrainingFailedError`` when the workers
     fail more than ``failure.max_failures`` times (relaunch to resume)."""
-    init_ray(cfg.ray)
+    init_ray(cfg.ray, launch_tracking_uri(cfg.tracking, cfg.output_dir))
     cfg.output_dir.mkdir(parents=True, exist_ok=True)
     get_recipe(cfg.recipe).prepare(cfg)
     return build_trainer(cfg, callbacks).fit()
