@@ -81,7 +81,8 @@ class MlflowServer:
              "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
              "--artifacts-destination", str(self.artifacts_root)],
             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(lambda: http_ok(f"{self.uri}/health"), 120, "mlflow server", log)
+        # Minutes on a loaded machine: the server imports all of mlflow before it answers.
+        wait_for(lambda: http_ok(f"{self.uri}/health"), 600, "mlflow server", log)
         return self
 
     def stop(self) -> None:
