@@ -8,13 +8,15 @@ compare run carries its provenance; two jobs creating one sqlite store at once b
 from __future__ import annotations
 
 import math
-import multiprocessing
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel
+from servers import wait_for
 
 from vipo.data import SAMPLE_DATA_ROOT
 from vipo.models.tiny import write_tiny_weights
@@ -214,23 +216,28 @@ def test_compare_run_carries_its_provenance(mlflow_server, tmp_path):
     assert _under_server_store(mlflow_server, client, run)
 
 
-def _open_store(uri: str, name: str, barrier) -> None:
-    from vipo.tracking import MLflowLogger
+# Each job: import, say it is ready, wait for the start signal, then open the (not yet created) store.
+_OPEN_STORE = """
+import pathlib, sys, time
+from vipo.tracking import MLflowLogger
+uri, ready, go, name = sys.argv[1:]
+pathlib.Path(ready).touch()
+while not pathlib.Path(go).exists():
+    time.sleep(0.01)
+MLflowLogger(uri, "vipo", name).close()
+"""
 
-    barrier.wait()  # both processes reach the empty store together
-    MLflowLogger(uri, "vipo", name).close()
 
-
+@pytest.mark.timeout(1800)
 def test_two_jobs_creating_one_sqlite_store_at_once_both_succeed(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    context = multiprocessing.get_context("spawn")
-    barrier = context.Barrier(2)
-    jobs = [context.Process(target=_open_store, args=(uri, f"job-{i}", barrier)) for i in range(2)]
-    for job in jobs:
-        job.start()
-    for job in jobs:
-        job.join(timeout=300)
-    assert [job.exitcode for job in jobs] == [0, 0]
+    go = tmp_path / "go"
+    jobs = [subprocess.Popen([sys.executable, "-c", _OPEN_STORE, uri, str(tmp_path / f"ready-{i}"), str(go),
+                              f"job-{i}"], stderr=subprocess.PIPE, text=True) for i in range(2)]
+    wait_for(lambda: all((tmp_path / f"ready-{i}").exists() for i in range(2)), 1200, "both jobs imported")
+    go.touch()  # both processes reach the empty store together
+    errors = [job.communicate(timeout=600)[1] for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0], errors
     client = MlflowClient(uri)
     assert sorted(r.info.run_name for r in _runs(client, "vipo")) == ["job-0", "job-1"]
     assert not (tmp_path / RUN_FILE).exists()

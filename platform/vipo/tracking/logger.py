@@ -25,7 +25,6 @@ from pydantic import BaseModel
 
 from vipo.config import TrackingConfig, dump_config
 from vipo.tracking.identity import environment_freeze
-from vipo.train.checkpointing import atomic_write_text
 
 __all__ = ["RUN_FILE", "MemoryLogger", "MLflowLogger", "RunLogger", "build_logger", "flatten", "is_server_uri",
            "launch_tracking_uri", "read_run_id", "resolve_tracking_uri", "write_run_id"]
@@ -96,6 +95,8 @@ def read_run_id(folder: str | Path) -> str | None:
 
 def write_run_id(folder: str | Path, run_id: str, tracking_uri: str) -> None:
     """Record ``run_id`` in ``folder`` so that a resume of this folder reopens the same run."""
+    from vipo.train.checkpointing import atomic_write_text  # (imports torch: only where a record is written)
+
     record = {"run_id": run_id, "tracking_uri": tracking_uri}
     atomic_write_text(json.dumps(record, indent=2) + "\n", Path(folder) / RUN_FILE)
 
