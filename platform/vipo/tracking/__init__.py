@@ -22,7 +22,7 @@ from vipo.tracking.logger import (
     resolve_tracking_uri,
     write_run_id,
 )
-from vipo.tracking.ray_session import init_ray
+from vipo.tracking.ray_session import init_ray, tune_verbosity, verbose
 
 __all__ = [
     "MLflowLogger",
@@ -43,5 +43,7 @@ __all__ = [
     "read_run_id",
     "resolve_tracking_uri",
     "run_identity",
+    "tune_verbosity",
+    "verbose",
     "write_run_id",
 ]

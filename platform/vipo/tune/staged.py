@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
-from vipo.tracking import RunLogger, init_ray, launch_tracking_uri
+from vipo.tracking import RunLogger, init_ray, launch_tracking_uri, tune_verbosity
 from vipo.tune.config import RoundConfig, SearchDim, TuneConfig
 from vipo.tune.lineage import (
     best_trial_record,
@@ -118,7 +118,7 @@ def _run_round(cfg: TuneConfig, round_cfg: RoundConfig, settled: dict[str, Any],
                 trial_name_creator=lambda trial: trial_run_name(
                     cfg.name, round_cfg.name, {k: trial.config[k] for k in round_cfg.space}),
             ),
-            run_config=tune.RunConfig(name=round_cfg.name, storage_path=str(storage)),
+            run_config=tune.RunConfig(name=round_cfg.name, storage_path=str(storage), verbose=tune_verbosity()),
         )
     grid = tuner.fit()
     if not any(r.metrics and cfg.metric in r.metrics for r in grid):
