@@ -123,6 +123,7 @@ def test_a_killed_run_relaunched_on_its_folder_is_one_run_with_increasing_steps(
     assert {"config.yaml", "environment.txt"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
+@pytest.mark.timeout(1800)  # local Ray and two short trainings on a shared machine
 def test_tune_demo_is_a_sweep_round_trial_tree_on_the_server(mlflow_server, weights_root, tmp_path, ray_local):
     from vipo.config import load_config
     from vipo.tune import TuneConfig, run_staged_search
