@@ -19,13 +19,13 @@ from pydantic import BaseModel
 from servers import wait_for
 
 from vipo.data import SAMPLE_DATA_ROOT
-from vipo.models.tiny import write_tiny_weights
+from vipo.tracking import RUN_FILE, read_run_id
 from vipo.train.checkpointing import find_checkpoint
 from vipo.train.config import load_train_config
+from vipo.train.diffueraser import prepare_weights
 from vipo.train.engine import WorkerContext
 from vipo.train.loop import InjectedFailure
 from vipo.train.recipes import get_recipe
-from vipo.tracking import RUN_FILE, read_run_id
 
 pytestmark = pytest.mark.slow
 
@@ -34,8 +34,10 @@ CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
 
 @pytest.fixture(scope="module")
 def weights_root(tmp_path_factory) -> Path:
+    """Tiny random weights, written as the demo config asks for them (``model.tiny_weights_seed``)."""
     root = tmp_path_factory.mktemp("tiny_weights")
-    write_tiny_weights(root, seed=0)
+    prepare_weights(load_train_config(CONFIGS / "stage1_demo.yaml", [f"output_dir={root}",
+                                                                      f"model.weights_root={root}"]).model)
     return root
 
 
