@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from vipo.tracking import (
     resolve_tracking_uri,
     run_identity,
 )
+from vipo.tracking.ray_session import shipped_code_env
 
 
 def test_identity_records_config_code_data_parent(tmp_path):
@@ -120,9 +122,11 @@ def test_init_ray_address_from_config_beats_environment(ray_init_calls, monkeypa
     os.environ["RAY_ADDRESS"] = "ray://env-head:10001"
     init_ray(RayConfig())
     init_ray(RayConfig(address="ray://config-head:10001"))
-    assert [{k: call[k] for k in _WHERE if k in call} for call in ray_init_calls] == [
-        {"num_cpus": 3, "num_gpus": 1, "include_dashboard": False},
-        {"address": "ray://env-head:10001"}, {"address": "ray://config-head:10001"}]
+    shipped = shipped_code_env()
+    local, *joined = ray_init_calls
+    assert {k: local[k] for k in _WHERE if k in local} == {"num_cpus": 3, "num_gpus": 1, "include_dashboard": False}
+    assert [(call["address"], call["runtime_env"]) for call in joined] == [("ray://env-head:10001", shipped),
+                                                                          ("ray://config-head:10001", shipped)]
 
 
 def test_init_ray_hands_the_tracking_uri_to_every_worker(ray_init_calls):
@@ -130,9 +134,21 @@ def test_init_ray_hands_the_tracking_uri_to_every_worker(ray_init_calls):
     # A `ray job submit --runtime-env-json` job already carries the variable: Ray refuses the same key twice.
     os.environ["MLFLOW_TRACKING_URI"] = "http://mlflow:5000"
     init_ray(RayConfig(address="ray://head:10001"), "http://mlflow:5000")
-    first, second = ray_init_calls
-    assert first["runtime_env"] == {"env_vars": {**STATE_TRACKING, "MLFLOW_TRACKING_URI": "http://mlflow:5000"}}
-    assert "runtime_env" not in second  # both variables are in this (the job's) environment now
+    first, second = (call["runtime_env"].get("env_vars", {}) for call in ray_init_calls)
+    assert first == {**shipped_code_env().get("env_vars", {}), **STATE_TRACKING, "MLFLOW_TRACKING_URI": "http://mlflow:5000"}
+    assert "MLFLOW_TRACKING_URI" not in second and "RAY_TRAIN_ENABLE_STATE_TRACKING" not in second
+
+
+def test_cluster_workers_get_the_drivers_vipo_and_its_commit(monkeypatch):
+    """Joining a cluster, the workers import the vipo this process imported (py_modules) and tag its commit."""
+    import vipo
+
+    monkeypatch.delenv("VIPO_GIT_COMMIT", raising=False)
+    env = shipped_code_env()
+    assert env["py_modules"] == [str(Path(vipo.__file__).resolve().parent)]
+    assert env["env_vars"] == {"VIPO_GIT_COMMIT": git_commit()}
+    monkeypatch.setenv("VIPO_GIT_COMMIT", "abc123")  # set by the submitter: the workers inherit it already
+    assert shipped_code_env() == {"py_modules": env["py_modules"]}
 
 
 def test_init_ray_is_a_no_op_when_ray_is_running(ray_init_calls, monkeypatch):

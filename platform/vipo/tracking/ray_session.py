@@ -10,10 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from pathlib import Path
 
+import vipo
 from vipo.config import RayConfig
+from vipo.tracking.identity import git_commit
 
-__all__ = ["init_ray", "job_env_vars", "tune_verbosity", "verbose"]
+__all__ = ["init_ray", "job_env_vars", "shipped_code_env", "tune_verbosity", "verbose"]
 
 VERBOSE_ENV = "VIPO_VERBOSE"
 
@@ -34,6 +37,19 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|diffusers|transformers|ray|peft)\.")
+
+
+def shipped_code_env() -> dict:
+    """The runtime env that makes a cluster's workers run this process's ``vipo`` and record its identity.
+
+    Under ``ray job submit --working-dir`` the driver imports ``vipo`` from the uploaded ``platform/``; workers
+    would import the image's installed copy, so the package goes along as a ``py_modules`` entry. Its commit is
+    taken here, in the shipped checkout (workers' copy has no ``.git``), unless ``VIPO_GIT_COMMIT`` is set already.
+    """
+    env: dict = {"py_modules": [str(Path(vipo.__file__).resolve().parent)]}
+    if not os.environ.get("VIPO_GIT_COMMIT"):
+        env["env_vars"] = {"VIPO_GIT_COMMIT": git_commit()}
+    return env
 
 
 #: Ray Train records its runs for the dashboard's Train view only when this is set where the trainer runs.
@@ -69,7 +85,10 @@ def init_ray(config: RayConfig, tracking_uri: str | None = None) -> None:
     os.environ.setdefault(TRAIN_STATE_TRACKING, "1")
     address = config.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, **({"runtime_env": {"env_vars": env_vars}} if env_vars else {}), **output)
+        runtime_env = shipped_code_env()
+        if env_vars:
+            runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **env_vars}
+        ray.init(address=address, runtime_env=runtime_env, **output)
         return
     ray.init(
         num_cpus=config.num_cpus or os.cpu_count(),
