@@ -25,9 +25,9 @@ from evaluation.results import MethodResult
 from evaluation.runs import find_benchmark_runs, log_compare_run, log_method_run
 from evaluation.scoring import METRICS, ScoringConfig
 from evaluation.stage import EvaluateStage
-from vipo.config import ConfigError, config_hash
+from vipo.config import ConfigError
 from vipo.storage import SessionDirError, resolve_output_path
-from vipo.tracking import init_ray, resolve_tracking_uri, run_identity
+from vipo.tracking import init_ray, launch_tracking_uri, resolve_tracking_uri, run_identity
 from vipo.train.checkpointing import atomic_write_text
 
 __all__ = ["Evaluation", "compare", "evaluate", "scoring_hash"]
@@ -84,8 +84,9 @@ def _print_means(report: Report, metrics: list[str]) -> None:
 def evaluate(config: EvaluateConfig) -> Evaluation:
     """Run the evaluation of ``config`` (see the module docstring) → :class:`Evaluation`."""
     scores_key = scoring_hash(config.scoring)  # fails here when LPIPS/RAFT weights are missing
-    init_ray(config.ray)
     output_dir = config.output_dir
+    tracking_uri = launch_tracking_uri(config.tracking, output_dir)
+    init_ray(config.ray, tracking_uri)
     benchmark = materialize(config.benchmark, output_dir / "benchmarks")
     print(f"benchmark {benchmark.name} {benchmark.hash}: {len(benchmark.clips)} clips, {benchmark.num_frames} "
           f"frames at {benchmark.width}x{benchmark.height} ({benchmark.root})")
@@ -94,7 +95,6 @@ def evaluate(config: EvaluateConfig) -> Evaluation:
     results = [_evaluate_method(config, label, method, benchmark, cache, scores_key)
                for label, method in config.methods.items()]
 
-    tracking_uri = resolve_tracking_uri(config.tracking, output_dir) if config.tracking.enabled else None
     experiment, artifact_root = config.tracking.experiment, output_dir / "mlartifacts"
     if tracking_uri:
         # `vipo evaluate compare --output-dir D` finds the runs of this evaluation wherever they were logged.
@@ -114,9 +114,10 @@ def evaluate(config: EvaluateConfig) -> Evaluation:
                           notes=[note for note in [config.scoring.flow_note()] if note is not None]
                           + [note for label, method in config.methods.items() for note in method.notes(label)])
     if tracking_uri:
-        log_compare_run(tracking_uri, experiment, artifact_root, benchmark_name=benchmark.name,
+        log_compare_run(tracking_uri, experiment, artifact_root, config=config, benchmark_name=benchmark.name,
                         benchmark_hash=benchmark.hash, scoring_hash=scores_key, baseline=report.baseline,
-                        report_dir=report.folder, metrics=report.delta_metrics(), tags=tags)
+                        report_dir=report.folder, metrics=report.delta_metrics(),
+                        method_run_ids={r.label: r.run_id for r in results}, tags=tags)
     _print_means(report, metrics)
     ordered = [r for r in results if r.label == report.baseline] + [r for r in results if r.label != report.baseline]
     return Evaluation(benchmark, ordered, report)
@@ -161,9 +162,10 @@ def compare(config: CompareConfig) -> Report:
                           benchmark_name=runs.benchmark_name, benchmark_hash=runs.benchmark_hash,
                           results=runs.results, baseline=baseline, metrics=metrics, config=config.report,
                           benchmark=benchmark, seed=config.seed, notes=notes)
-    log_compare_run(tracking_uri, experiment, output_dir / "mlartifacts",
+    log_compare_run(tracking_uri, experiment, output_dir / "mlartifacts", config=config,
                     benchmark_name=runs.benchmark_name, benchmark_hash=runs.benchmark_hash,
                     scoring_hash=runs.scoring_hash, baseline=baseline, report_dir=report.folder,
-                    metrics=report.delta_metrics(), tags={"vipo.config_hash": config_hash(config)})
+                    metrics=report.delta_metrics(), method_run_ids={r.label: r.run_id for r in runs.results},
+                    tags=run_identity(config))
     _print_means(report, metrics)
     return report

@@ -81,14 +81,20 @@ def log_method_run(tracking_uri: str, experiment: str, artifact_root: Path, *, b
     return logger.run_id
 
 
-def log_compare_run(tracking_uri: str, experiment: str, artifact_root: Path, *, benchmark_name: str,
-                    benchmark_hash: str, scoring_hash: str, baseline: str, report_dir: Path,
-                    metrics: Mapping[str, float], tags: Mapping[str, str]) -> str:
-    """Record a comparison report (its folder as artifacts, paired deltas as metrics) → the run id."""
-    logger = MLflowLogger(tracking_uri, experiment, f"{benchmark_name}/compare", artifact_root=artifact_root,
-                          tags={**tags, f"{TAG}role": "compare", f"{TAG}benchmark": benchmark_name,
-                                f"{TAG}benchmark_hash": benchmark_hash, f"{TAG}scoring_hash": scoring_hash,
-                                f"{TAG}baseline": baseline})
+def log_compare_run(tracking_uri: str, experiment: str, artifact_root: Path, *, config: BaseModel,
+                    benchmark_name: str, benchmark_hash: str, scoring_hash: str, baseline: str, report_dir: Path,
+                    metrics: Mapping[str, float], method_run_ids: Mapping[str, str | None],
+                    tags: Mapping[str, str]) -> str:
+    """Record a comparison report (its folder as artifacts, paired deltas as metrics) → the run id.
+
+    Its provenance is that of any run (``config`` as params and ``config.yaml``, the run identity ``tags``) plus
+    the run id of each method run it summarises (``vipo.eval.method_run.<label>``)."""
+    logger = MLflowLogger(tracking_uri, experiment, f"{benchmark_name}/compare", artifact_root=artifact_root)
+    logger.log_config(config, {
+        **tags, f"{TAG}role": "compare", f"{TAG}benchmark": benchmark_name, f"{TAG}benchmark_hash": benchmark_hash,
+        f"{TAG}scoring_hash": scoring_hash, f"{TAG}baseline": baseline,
+        **{f"{TAG}method_run.{label}": run_id or "none" for label, run_id in method_run_ids.items()},
+    })
     logger.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)}, step=0)
     logger.log_artifact(report_dir, "report")
     logger.close()

@@ -43,8 +43,9 @@ def run(output_dir: Path) -> None:
 
     out = resolve_output_path(output_dir)  # a relative one lands under the storage root, as every job output does
     out.mkdir(parents=True, exist_ok=True)
-    shared = [f"tracking.tracking_uri=sqlite:///{out / 'mlflow.db'}"]
-    init_ray(RayConfig(num_cpus=4))
+    tracking_uri = f"sqlite:///{out / 'mlflow.db'}"
+    shared = [f"tracking.tracking_uri={tracking_uri}"]
+    init_ray(RayConfig(num_cpus=4), tracking_uri)
     timings: dict[str, float] = {}
 
     start = _step(1, "weights (tiny random DiffuEraser, random ProPainter)")

@@ -102,7 +102,8 @@ def run(config_path: str | Path | None, overrides: list[str], resume: bool = Fal
     summary = generate(
         config, scorer, resume=resume, overwrite=overwrite, retry_skipped=retry_skipped,
         logger_factory=lambda: build_logger(config.tracking, config.output_dir, f"generate-{config.content_hash()}",
-                                            resume=resume or retry_skipped),
+                                            run_folder=config.output_dir, resume=resume or retry_skipped,
+                                            system_metrics=True),
     )
     written, skipped = summary["samples_written"], summary["samples_skipped"]
     print(f"generate: {written} samples written, {skipped} skipped {summary['skipped_by_reason']}, "

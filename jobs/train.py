@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from vipo.tracking import resolve_tracking_uri
+from vipo.tracking import read_run_id, resolve_tracking_uri
 from vipo.train.config import load_train_config
 
 
@@ -31,7 +31,8 @@ def run(config_path: str | Path, overrides: list[str]) -> None:
         raise SystemExit(EXIT_PREEMPTION_TIMEOUT) from None
     if cfg.tracking.enabled:
         tracking_uri = resolve_tracking_uri(cfg.tracking, cfg.output_dir)
-        print(f"MLflow: {tracking_uri}  experiment {cfg.tracking.experiment!r}, run {cfg.tracking.run_name or cfg.run_name!r}")
+        print(f"MLflow: {tracking_uri}  experiment {cfg.tracking.experiment!r}, run "
+              f"{cfg.tracking.run_name or cfg.run_name!r} (id {read_run_id(cfg.run_dir)})")
     if result.checkpoint is not None:
         print(f"latest checkpoint: {result.checkpoint.path}")
     exports = sorted((cfg.run_dir / "export").glob("step_*")) if cfg.export_on_finish else []

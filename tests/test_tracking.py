@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,17 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from vipo.config import JobConfig, RayConfig, TrackingConfig, config_hash
-from vipo.tracking import build_logger, flatten, git_commit, init_ray, resolve_tracking_uri, run_identity
+from vipo.tracking import (
+    build_logger,
+    code_version,
+    environment_freeze,
+    flatten,
+    git_commit,
+    init_ray,
+    read_run_id,
+    resolve_tracking_uri,
+    run_identity,
+)
 from vipo.tracking.ray_session import shipped_code_env
 
 
@@ -33,6 +44,44 @@ def test_git_commit_override(monkeypatch):
     assert git_commit() == "abc123"
 
 
+def _git(root, *args: str) -> bytes:
+    return subprocess.run(["git", *args], cwd=root, check=True, capture_output=True).stdout
+
+
+def test_code_version_marks_a_dirty_tree_with_a_hash_of_its_diff(tmp_path, monkeypatch):
+    monkeypatch.delenv("VIPO_GIT_COMMIT", raising=False)
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "train.py").write_text("lr = 1\n")
+    _git(tmp_path, "add", "train.py")
+    _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    sha = _git(tmp_path, "rev-parse", "HEAD").decode().strip()
+    assert code_version(tmp_path) == {"vipo.git_commit": sha, "vipo.git_dirty": "false", "vipo.git_diff_hash": "none"}
+
+    (tmp_path / "train.py").write_text("lr = 2\n")
+    edited = code_version(tmp_path)
+    assert edited["vipo.git_commit"] == f"{sha}-dirty" and edited["vipo.git_dirty"] == "true"
+    assert edited["vipo.git_diff_hash"] == hashlib.sha256(_git(tmp_path, "diff", "HEAD", "--binary")).hexdigest()[:16]
+    (tmp_path / "train.py").write_text("lr = 3\n")
+    assert code_version(tmp_path)["vipo.git_diff_hash"] != edited["vipo.git_diff_hash"]  # another edit, another hash
+
+    (tmp_path / "train.py").write_text("lr = 1\n")
+    (tmp_path / "new_module.py").write_text("x = 1\n")  # untracked code counts too
+    untracked = code_version(tmp_path)
+    assert untracked["vipo.git_dirty"] == "true" and untracked["vipo.git_diff_hash"] != "none"
+    assert code_version(tmp_path.parent / "not-a-checkout-")["vipo.git_commit"] == "unknown"
+
+
+def test_identity_names_the_machine_and_freezes_the_environment(tmp_path):
+    import mlflow
+    import socket
+
+    tags = run_identity(JobConfig(output_dir=tmp_path))
+    assert tags["vipo.host"] == socket.gethostname()
+    assert tags["vipo.accelerator"] == "cpu" and tags["vipo.accelerator_count"] == "0"  # the CI machine has no GPU
+    freeze = environment_freeze().splitlines()
+    assert f"mlflow=={mlflow.__version__}" in freeze and f"vipo==0.1.0" in freeze
+
+
 def test_tracking_uri_precedence(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert resolve_tracking_uri(TrackingConfig(), tmp_path) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
@@ -47,27 +96,47 @@ def ray_init_calls(monkeypatch) -> list[dict]:
     calls: list[dict] = []
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    environ = {k: v for k, v in os.environ.items()
+               if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_TRAIN_ENABLE_STATE_TRACKING")}
+    monkeypatch.setattr(os, "environ", environ)  # init_ray sets variables for the trainer: keep them here
     return calls
+
+
+STATE_TRACKING = {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}
+
+
+_WHERE = ("address", "num_cpus", "num_gpus", "include_dashboard")
 
 
 def test_init_ray_defaults_to_local_with_the_machine_cpus(ray_init_calls):
     init_ray(RayConfig())
-    [call] = ray_init_calls
-    assert (call["num_cpus"], call["num_gpus"], call["include_dashboard"]) == (os.cpu_count(), None, False)
-    assert "address" not in call
+    (call,) = ray_init_calls
+    assert {k: call[k] for k in _WHERE if k in call} == {"num_cpus": os.cpu_count(), "num_gpus": None,
+                                                         "include_dashboard": False}
+    assert call["runtime_env"]["env_vars"]["RAY_TRAIN_ENABLE_STATE_TRACKING"] == "1"
+    assert os.environ["RAY_TRAIN_ENABLE_STATE_TRACKING"] == "1"  # where the trainer object lives
 
 
 def test_init_ray_address_from_config_beats_environment(ray_init_calls, monkeypatch):
     init_ray(RayConfig(num_cpus=3, num_gpus=1))
-    monkeypatch.setenv("RAY_ADDRESS", "ray://env-head:10001")
+    os.environ["RAY_ADDRESS"] = "ray://env-head:10001"
     init_ray(RayConfig())
     init_ray(RayConfig(address="ray://config-head:10001"))
     shipped = shipped_code_env()
     local, *joined = ray_init_calls
-    assert (local["num_cpus"], local["num_gpus"]) == (3, 1) and "address" not in local
+    assert {k: local[k] for k in _WHERE if k in local} == {"num_cpus": 3, "num_gpus": 1, "include_dashboard": False}
     assert [(call["address"], call["runtime_env"]) for call in joined] == [("ray://env-head:10001", shipped),
                                                                           ("ray://config-head:10001", shipped)]
+
+
+def test_init_ray_hands_the_tracking_uri_to_every_worker(ray_init_calls):
+    init_ray(RayConfig(address="ray://head:10001"), "http://mlflow:5000")
+    # A `ray job submit --runtime-env-json` job already carries the variable: Ray refuses the same key twice.
+    os.environ["MLFLOW_TRACKING_URI"] = "http://mlflow:5000"
+    init_ray(RayConfig(address="ray://head:10001"), "http://mlflow:5000")
+    first, second = (call["runtime_env"].get("env_vars", {}) for call in ray_init_calls)
+    assert first == {**shipped_code_env().get("env_vars", {}), **STATE_TRACKING, "MLFLOW_TRACKING_URI": "http://mlflow:5000"}
+    assert "MLFLOW_TRACKING_URI" not in second and "RAY_TRAIN_ENABLE_STATE_TRACKING" not in second
 
 
 def test_cluster_workers_get_the_drivers_vipo_and_its_commit(monkeypatch):
@@ -92,29 +161,40 @@ def test_flatten():
     assert flatten({"a": {"b": 1, "c": {"d": "x"}}, "e": []}) == {"a.b": "1", "a.c.d": "x", "e": "[]"}
 
 
-def test_mlflow_logger_roundtrip_and_resume(tmp_path, monkeypatch):
+def test_a_launch_is_a_new_run_and_only_a_resume_of_its_folder_reopens_it(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = JobConfig(output_dir=tmp_path, seed=5)
-    logger = build_logger(cfg.tracking, tmp_path, "run-a", resume=True)
+    folder = tmp_path / "run-a"
+    logger = build_logger(cfg.tracking, tmp_path, "run-a", run_folder=folder, resume=True)
     logger.log_config(cfg, run_identity(cfg))
-    logger.log_metrics({"loss": 0.5}, step=1)
+    for step, loss in ((1, 0.5), (2, 0.4), (3, 0.3)):
+        logger.log_metrics({"loss": loss}, step=step)
     logger.log_images({"grid": np.zeros((8, 8, 3), np.uint8)}, step=1)
-    logger.close()
+    logger.close("FAILED")
+    assert read_run_id(folder) == logger.run_id
 
-    again = build_logger(cfg.tracking, tmp_path, "run-a", resume=True)
-    assert again.run_id == logger.run_id  # a relaunch keeps one MLflow run
+    again = build_logger(cfg.tracking, tmp_path, "run-a", run_folder=folder, resume=True)
+    assert again.run_id == logger.run_id  # the resume reopens the run the folder records
     again.log_config(cfg, {"extra": "1"})
-    again.log_metrics({"loss": 0.25}, step=2)
+    for step, loss in ((2, 0.41), (3, 0.31), (4, 0.2)):  # steps 2-3 redone after a checkpoint at step 1
+        again.log_metrics({"loss": loss}, step=step)
     again.close()
 
     client = MlflowClient(resolve_tracking_uri(cfg.tracking, tmp_path))
     run = client.get_run(logger.run_id)
     assert run.data.params["seed"] == "5"
-    assert run.data.tags["vipo.config_hash"] == config_hash(cfg)
-    assert [m.value for m in client.get_metric_history(logger.run_id, "loss")] == [0.5, 0.25]
+    assert run.data.tags["vipo.config_hash"] == config_hash(cfg) and run.data.tags["extra"] == "1"
+    history = client.get_metric_history(logger.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(1, 0.5), (2, 0.4), (3, 0.3), (4, 0.2)]
     names = {a.path for a in client.list_artifacts(logger.run_id)}
-    assert {"config.yaml", "images"} <= names
+    assert {"config.yaml", "environment.txt", "images"} <= names
     assert run.info.status == "FINISHED"
+    assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())  # sqlite: under output_dir
+
+    fresh = build_logger(cfg.tracking, tmp_path, "run-a", run_folder=folder)  # a new launch, same name and folder
+    elsewhere = build_logger(cfg.tracking, tmp_path, "run-a", run_folder=tmp_path / "other", resume=True)
+    assert len({logger.run_id, fresh.run_id, elsewhere.run_id}) == 3
+    assert read_run_id(folder) == fresh.run_id
 
 
 def test_disabled_tracking_and_other_ranks_log_in_memory(tmp_path):

@@ -71,6 +71,11 @@ class TrackingConfig(Config):
     experiment: str = "vipo"
     run_name: str | None = None
     enabled: bool = True
+    parent_run_id: str | None = Field(default=None, description="Make the run a child of this MLflow run "
+                                      "(``vipo tune`` sets it for its trials).")
+    system_metrics: bool = Field(default=True, description="MLflow system metrics (CPU/GPU use, memory) on "
+                                 "training and generation runs.")
+    system_metrics_interval_s: float = Field(default=10.0, gt=0)
 
 
 class StorageConfig(Config):

@@ -157,10 +157,11 @@ def _default_executor(config: GenerateConfig) -> Executor:
         import ray
 
         from vipo.generate.adapter import run_on_ray
-        from vipo.tracking import init_ray
+        from vipo.tracking import init_ray, launch_tracking_uri
 
         started = not ray.is_initialized()
-        init_ray(config.ray)  # only when there is work: a finished run resumes without starting Ray
+        # Only when there is work: a finished run resumes without starting Ray.
+        init_ray(config.ray, launch_tracking_uri(config.tracking, config.output_dir))
         try:
             yield from run_on_ray(work, stages, writer)
         finally:

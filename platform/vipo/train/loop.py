@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from vipo.config import dump_config, validate_config
-from vipo.tracking import RunLogger, build_logger, run_identity
+from vipo.tracking import RunLogger, build_logger, read_run_id, run_identity, write_run_id
 from vipo.train.checkpointing import (
     CONFIG_FILE,
     PROGRESS_FILE,
@@ -131,8 +131,11 @@ class TrainLoop:
         drill = cfg.failure.inject_at_step
         self._drill_pending = (drill is not None and drill > self.progress.step
                                and not (cfg.run_dir / DRILL_MARKER).exists())
+        # The run folder is this run's identity: a relaunch reopens the MLflow run the checkpoint (or, before the
+        # first checkpoint, the folder) records, by id.
         self.logger: RunLogger = build_logger(
-            cfg.tracking, cfg.output_dir, cfg.run_name, rank=ctx.rank, resume=True
+            cfg.tracking, cfg.output_dir, cfg.run_name, rank=ctx.rank, run_folder=cfg.run_dir, resume=True,
+            run_id=read_run_id(checkpoint) if checkpoint is not None else None, system_metrics=True,
         )
         if ctx.is_main:
             self.logger.log_config(cfg, run_identity(
@@ -292,6 +295,8 @@ class TrainLoop:
             atomic_save(capture_rng(self.noise), rng_file(directory, self.ctx.rank))
             if self.ctx.is_main:
                 atomic_write_text(yaml.safe_dump(dump_config(self.cfg), sort_keys=False), directory / CONFIG_FILE)
+                if self.logger.run_id is not None and self.logger.tracking_uri is not None:
+                    write_run_id(directory, self.logger.run_id, self.logger.tracking_uri)
             self._report(dict(metrics, step=step), directory, checkpoint_dir_name(step))
         # Every rank's part is in the run folder once every rank is back from report(): only then is it complete.
         if self.ctx.world_size > 1:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Sequence
 
 from vipo.config import dump_config
-from vipo.tracking import init_ray
+from vipo.tracking import init_ray, launch_tracking_uri
 from vipo.train.checkpointing import PROGRESS_FILE, TrainingProgress, resume_checkpoint
 from vipo.train.config import TrainConfig
 from vipo.train.preemption import Preempted, stop_on_sigterm
@@ -54,7 +54,7 @@ def fit(cfg: TrainConfig, callbacks: Sequence["UserCallback"] = ()) -> "Result":
     """Start or join Ray (``cfg.ray``), then train; raises ``ray.train.TrainingFailedError`` when the workers
     fail more than ``failure.max_failures`` times, :class:`Preempted` when SIGTERM stopped the run at a
     checkpoint (relaunch to resume either way)."""
-    init_ray(cfg.ray)
+    init_ray(cfg.ray, launch_tracking_uri(cfg.tracking, cfg.output_dir))
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     get_recipe(cfg.recipe).prepare(cfg)
     with stop_on_sigterm(cfg.run_dir, cfg.failure.preemption_grace_s) as signalled:

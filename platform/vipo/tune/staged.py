@@ -2,7 +2,8 @@
 
 Round k+1 starts from round k's best values (recorded in ``<output_dir>/<name>/best_<round>.json``), so a rerun
 skips finished rounds and an interrupted round is restored with ``Tuner.restore``. Trials forward every training
-report to Tune (``TuneReportCallback``), so ASHA can stop weak trials at checkpoints.
+report to Tune (``TuneReportCallback``), so ASHA can stop weak trials at checkpoints. MLflow lineage (sweep → round
+→ trial runs, names, best-trial tag) is in :mod:`vipo.tune.lineage`.
 """
 
 from __future__ import annotations
@@ -12,8 +13,16 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
-from vipo.tracking import build_logger, init_ray, run_identity, tune_verbosity
+from vipo.tracking import RunLogger, init_ray, launch_tracking_uri, tune_verbosity
 from vipo.tune.config import RoundConfig, SearchDim, TuneConfig
+from vipo.tune.lineage import (
+    best_trial_record,
+    open_round_run,
+    open_sweep_run,
+    sweep_dir,
+    trial_lineage_overrides,
+    trial_run_name,
+)
 
 __all__ = ["best_path", "run_staged_search", "search_space", "train_trial", "trial_overrides"]
 
@@ -49,44 +58,40 @@ def trial_overrides(base_overrides: list[str], settled: dict[str, Any], trial: d
 
 def train_trial(trial: dict) -> None:
     """The Tune trainable: fit the base recipe with the trial's overrides, forwarding its reports to Tune."""
-    from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from vipo.train.config import load_train_config
     from vipo.train.runner import fit
 
-    context = tune.get_context()
-    overrides = [
-        *trial["_overrides"],
-        f"output_dir={context.get_trial_dir()}",
-        "name=train",
-        f"tracking.run_name={trial['_run_prefix']}-{context.get_trial_id()}",
-    ]
-    cfg = load_train_config(trial["_base_config"], overrides)
+    cfg = load_train_config(trial["_base_config"], trial["_overrides"])
     fit(cfg, callbacks=[TuneReportCallback()])
 
 
 def best_path(cfg: TuneConfig, round_cfg: RoundConfig) -> Path:
-    return cfg.output_dir / cfg.name / f"best_{round_cfg.name}.json"
+    return sweep_dir(cfg) / f"best_{round_cfg.name}.json"
 
 
-def _run_round(cfg: TuneConfig, round_cfg: RoundConfig, settled: dict[str, Any], trainable: Trainable) -> dict:
+def _run_round(cfg: TuneConfig, round_cfg: RoundConfig, settled: dict[str, Any], trainable: Trainable,
+               round_run: RunLogger) -> dict:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     fixed = {**settled, **round_cfg.fixed}
-    # Trial configs carry the resolved overrides as constants (searchers ignore constants), so each trial's
-    # config in Tune's results says exactly what it trained with.
-    space = {
-        **search_space(round_cfg),
-        "_base_config": str(cfg.base_config),
-        "_run_prefix": f"{cfg.name}-{round_cfg.name}",
-    }
+    # Only the searched keys go into Tune's stored state: paths (the base config, trial folders) come from this
+    # launch's closure, so a restored round works after the code or output folder moved.
+    space = search_space(round_cfg)
     base = trial_overrides(cfg.base_overrides, fixed, {})
+    base_config = str(cfg.base_config)
 
     def with_overrides(trial: dict) -> None:
         searched = {k: trial[k] for k in round_cfg.space}
-        trainable({**trial, "_overrides": [*base, *trial_overrides([], {}, searched)]})
+        lineage = trial_lineage_overrides(cfg, round_cfg.name, searched, tune.get_context().get_trial_id(),
+                                          round_run.run_id)
+        trainable({**trial, "_base_config": base_config,
+                   "_overrides": [*base, *trial_overrides([], {}, searched), *lineage]})
+
+    # Ray names the trainable's actors after the function: the dashboard then shows the sweep and round.
+    with_overrides.__name__ = with_overrides.__qualname__ = f"{cfg.name}-{round_cfg.name}"
 
     scheduler = None
     if round_cfg.scheduler.kind == "asha":
@@ -95,7 +100,7 @@ def _run_round(cfg: TuneConfig, round_cfg: RoundConfig, settled: dict[str, Any],
             grace_period=round_cfg.scheduler.grace_period,
             reduction_factor=round_cfg.scheduler.reduction_factor,
         )
-    storage = cfg.output_dir / cfg.name
+    storage = sweep_dir(cfg)
     experiment = storage / round_cfg.name
     if tune.Tuner.can_restore(str(experiment)):
         log.info("restoring unfinished round %s from %s", round_cfg.name, experiment)
@@ -110,6 +115,8 @@ def _run_round(cfg: TuneConfig, round_cfg: RoundConfig, settled: dict[str, Any],
                 num_samples=round_cfg.num_samples,
                 max_concurrent_trials=cfg.max_concurrent_trials,
                 scheduler=scheduler,
+                trial_name_creator=lambda trial: trial_run_name(
+                    cfg.name, round_cfg.name, {k: trial.config[k] for k in round_cfg.space}),
             ),
             run_config=tune.RunConfig(name=round_cfg.name, storage_path=str(storage), verbose=tune_verbosity()),
         )
@@ -119,14 +126,16 @@ def _run_round(cfg: TuneConfig, round_cfg: RoundConfig, settled: dict[str, Any],
         errors = "; ".join(str(e).strip().splitlines()[-1] for e in grid.errors) or "no trial reported it"
         raise RuntimeError(f"round {round_cfg.name}: no trial reported {cfg.metric!r}: {errors}")
     best = grid.get_best_result(metric=cfg.metric, mode=cfg.mode, scope="last")
-    chosen = {**fixed, **{k: best.config[k] for k in round_cfg.space}}
+    searched = {k: best.config[k] for k in round_cfg.space}
+    chosen = {**fixed, **searched}
     return {
         "round": round_cfg.name,
         "settled": chosen,
         "metric": cfg.metric,
         "value": float(best.metrics[cfg.metric]),
         "trial_path": best.path,
-        "checkpoint": best.checkpoint.path if best.checkpoint else None,
+        **best_trial_record(cfg, round_cfg, searched, best.metrics["trial_id"], round_run,
+                            best.checkpoint.path if best.checkpoint else None),
         "trials": [
             {"config": {k: r.config.get(k) for k in round_cfg.space}, "value": (r.metrics or {}).get(cfg.metric)}
             for r in grid
@@ -136,9 +145,8 @@ def _run_round(cfg: TuneConfig, round_cfg: RoundConfig, settled: dict[str, Any],
 
 def run_staged_search(cfg: TuneConfig, trainable: Trainable = train_trial) -> list[dict]:
     """Run every round in order (skipping rounds whose best file exists); return each round's best record."""
-    init_ray(cfg.ray)
-    logger = build_logger(cfg.tracking, cfg.output_dir, cfg.name, resume=True)
-    logger.log_config(cfg, run_identity(cfg))
+    init_ray(cfg.ray, launch_tracking_uri(cfg.tracking, cfg.output_dir))
+    logger = open_sweep_run(cfg)
     settled: dict[str, Any] = {}
     records = []
     try:
@@ -148,7 +156,14 @@ def run_staged_search(cfg: TuneConfig, trainable: Trainable = train_trial) -> li
                 record = json.loads(path.read_text())
                 log.info("round %s already done (%s = %s)", round_cfg.name, record["metric"], record["value"])
             else:
-                record = _run_round(cfg, round_cfg, settled, trainable)
+                round_run = open_round_run(cfg, round_cfg, logger)
+                try:
+                    record = _run_round(cfg, round_cfg, settled, trainable, round_run)
+                except BaseException:
+                    round_run.close("FAILED")
+                    raise
+                round_run.log_metrics({f"best_{cfg.metric}": record["value"]}, step=0)
+                round_run.close()
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(record, indent=2, default=str))
