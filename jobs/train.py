@@ -1,6 +1,8 @@
 """``vipo train <config.yaml> [key=value ...]``: train one stage on Ray Train (the config's ``recipe:``).
 
-Relaunching the same command resumes from the run's latest checkpoint (``output_dir/<name>``).
+Relaunching the same command resumes from the run's latest checkpoint (``output_dir/<name>``). The validation gate's
+scorer is evaluation's :class:`~evaluation.scoring.Scorer`, built here from ``validation.scoring`` and injected into
+the run: ``vipo`` sits below ``evaluation`` and cannot import its metrics.
 """
 
 from __future__ import annotations
@@ -8,17 +10,30 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from evaluation.scoring import Scorer, ScoringConfig
+from vipo.config import validate_config
 from vipo.tracking import resolve_tracking_uri
-from vipo.train.config import load_train_config
+from vipo.train.config import TrainConfig, load_train_config
+
+
+def validation_scorer(cfg: TrainConfig, source: str = "<train config>") -> Scorer | None:
+    """evaluation's scorer for ``cfg.validation.scoring`` (None when validation is off); a bad key or missing LPIPS /
+    RAFT weights is a one-line error here, before any worker starts."""
+    if cfg.validation.every_n_steps is None:
+        return None
+    settings = validate_config(ScoringConfig, cfg.validation.scoring, f"{source} validation.scoring")
+    settings.identity()
+    return Scorer(settings)
 
 
 def run(config_path: str | Path, overrides: list[str]) -> None:
     """Validate the config (one-line ``ConfigError`` on any problem), then build the trainer and fit."""
     cfg = load_train_config(config_path, overrides)
+    scorer = validation_scorer(cfg, str(config_path))
     from vipo.train.runner import fit
 
     print(f"run folder: {cfg.run_dir}  (relaunch the same command to resume)")
-    result = fit(cfg)
+    result = fit(cfg, scorer=scorer)
     if cfg.tracking.enabled:
         tracking_uri = resolve_tracking_uri(cfg.tracking, cfg.output_dir)
         print(f"MLflow: {tracking_uri}  experiment {cfg.tracking.experiment!r}, run {cfg.tracking.run_name or cfg.run_name!r}")

@@ -30,7 +30,7 @@ from evaluation.methods import (
     ProPainterMethod,
     apply_lora,
 )
-from evaluation.paired import paired_delta
+from vipo.stats import paired_delta
 from evaluation.runs import TAG
 from evaluation.scoring import METRICS, ScoringConfig
 from evaluation.stage import EvaluateStage

@@ -123,7 +123,8 @@ def test_stage1_export_round_trip_and_compose(weights_root, tmp_path):
     stage1.train()  # outside Ray Train the loop writes the run folder itself and exports at the end
     logged = stage1.loop.logger  # tracking disabled: the in-memory logger
     ((step, grid),) = logged.images[next(iter(logged.images))]
-    assert step == 1 and grid.dtype.name == "uint8" and grid.shape == (3 * 32, 3 * 32, 3)  # input|output|GT × 3
+    # GT | hole | reference (start weights) | policy, × 3 frames
+    assert step == 1 and grid.dtype.name == "uint8" and grid.shape == (4 * 32, 3 * 32, 3)
     assert [artifact for _, artifact in logged.artifacts] == ["validation", "model"]
     out = tmp_path / "stage1-demo" / "export" / "step_00000001"
     assert out.is_dir()

@@ -2,7 +2,9 @@
 
 The trainer calls :meth:`DPOHealthMonitor.check` every step with the loss stats; it raises at step 0 when the
 policy and reference disagree, and returns warnings (to log and to set as MLflow tags) when the DPO gradient weight
-collapses at once or the DPO term sits at exactly ln 2 because nothing is being trained.
+collapses at once, the DPO term sits at exactly ln 2 because nothing is being trained, or the winner gap explodes
+(the policy drifts away from the winner it should move toward). ``HEALTH_CODES`` are the codes, fit for metric keys
+(``health/<code>``) that a Tune stopper reads.
 """
 
 from __future__ import annotations
@@ -11,7 +13,11 @@ from typing import Mapping, NamedTuple
 
 import torch
 
-__all__ = ["DPOHealthError", "DPOHealthMonitor", "HealthWarning"]
+__all__ = ["HEALTH_CODES", "DPOHealthError", "DPOHealthMonitor", "HealthWarning"]
+
+HEALTH_CODES = ("dgr_collapse", "stuck_at_ln2", "win_gap_explosion")
+# The per-pair winner gap of each loss variant: policy − reference error on the winner (a log-ratio for log_ratio).
+_WIN_GAP_STATS = ("delta_win", "g_win")
 
 
 class DPOHealthError(RuntimeError):
@@ -19,7 +25,7 @@ class DPOHealthError(RuntimeError):
 
 
 class HealthWarning(NamedTuple):
-    """One flagged condition. ``code`` is stable (``dgr_collapse`` | ``stuck_at_ln2``), fit for a tag key."""
+    """One flagged condition. ``code`` is stable (one of ``HEALTH_CODES``), fit for a tag or metric key."""
 
     code: str
     step: int
@@ -41,6 +47,9 @@ class DPOHealthMonitor:
             (DGR/DGR₀ = 2σ(logit)); 1e-2 is β′s ≈ −5.3.
         stuck_steps: consecutive steps with |logit| ≤ ``stuck_tol`` for every pair before flagging.
         stuck_tol: |logit| this small means the DPO loss equals ln 2 to ~1e-7: policy and reference coincide.
+        win_gap_limit: the batch-mean winner gap (``delta_win``: α-weighted policy − reference ε-MSE on the winner;
+            ``g_win`` for log-ratio) above which it has exploded: the policy's error on the ground truth grew by
+            half the error of predicting zeros (ε-MSE ≈ 1), i.e. it wins the margin by ruining the winner.
     """
 
     def __init__(
@@ -53,6 +62,7 @@ class DPOHealthMonitor:
         collapse_ratio: float = 1e-2,
         stuck_steps: int = 50,
         stuck_tol: float = 1e-6,
+        win_gap_limit: float = 0.5,
     ) -> None:
         self.dpo_active = dpo_active
         self.identical_start = identical_start
@@ -61,10 +71,12 @@ class DPOHealthMonitor:
         self.collapse_ratio = collapse_ratio
         self.stuck_steps = stuck_steps
         self.stuck_tol = stuck_tol
+        self.win_gap_limit = win_gap_limit
         self.warnings: list[HealthWarning] = []
         self._stuck_run = 0
 
-    def _flagged(self, code: str) -> bool:
+    def flagged(self, code: str) -> bool:
+        """Whether ``code`` was raised at any step so far."""
         return any(warning.code == code for warning in self.warnings)
 
     def check(self, step: int, stats: Mapping[str, torch.Tensor]) -> list[HealthWarning]:
@@ -88,7 +100,7 @@ class DPOHealthMonitor:
                 "different checkpoint on purpose, build the monitor with identical_start=False."
             )
         new: list[HealthWarning] = []
-        if step < self.collapse_steps and not self._flagged("dgr_collapse"):
+        if step < self.collapse_steps and not self.flagged("dgr_collapse"):
             ratio = (2 * torch.sigmoid(logit)).mean().item()
             if ratio < self.collapse_ratio:
                 dgr = stats["dgr"].detach().float().mean().item()
@@ -99,12 +111,21 @@ class DPOHealthMonitor:
                     "never multiplied by T = 1000); the learning rate was not the cause in past runs."
                 )))
         self._stuck_run = self._stuck_run + 1 if largest <= self.stuck_tol else 0
-        if self._stuck_run >= self.stuck_steps and not self._flagged("stuck_at_ln2"):
+        if self._stuck_run >= self.stuck_steps and not self.flagged("stuck_at_ln2"):
             new.append(HealthWarning("stuck_at_ln2", step, (
                 f"step {step}: the DPO loss has been exactly ln 2 (|logit| <= {self.stuck_tol:g}) for "
                 f"{self._stuck_run} steps: the policy still equals the reference. The trained parameters are not "
                 "updating (not in the optimizer, zero learning rate, frozen) or the reference pass runs the policy "
                 "(adapter not disabled for the reference, or enabled for neither)."
             )))
+        gap = next((stats[key] for key in _WIN_GAP_STATS if key in stats), None)
+        if gap is not None and not self.flagged("win_gap_explosion"):
+            mean_gap = gap.detach().float().mean().item()
+            if not mean_gap <= self.win_gap_limit:  # NaN counts as exploded
+                new.append(HealthWarning("win_gap_explosion", step, (
+                    f"step {step}: the winner gap exploded to {mean_gap:.3g} (> {self.win_gap_limit:g}): the policy's "
+                    "error on the ground truth grew far above the reference's, so the margin is won by ruining the "
+                    "winner, not by preferring it. Lower β′ or the learning rate, or add an SFT anchor (ρ > 0)."
+                )))
         self.warnings.extend(new)
         return new
