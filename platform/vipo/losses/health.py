@@ -16,8 +16,6 @@ import torch
 __all__ = ["HEALTH_CODES", "DPOHealthError", "DPOHealthMonitor", "HealthWarning"]
 
 HEALTH_CODES = ("dgr_collapse", "stuck_at_ln2", "win_gap_explosion")
-# The per-pair winner gap of each loss variant: policy − reference error on the winner (a log-ratio for log_ratio).
-_WIN_GAP_STATS = ("delta_win", "g_win")
 
 
 class DPOHealthError(RuntimeError):
@@ -47,9 +45,10 @@ class DPOHealthMonitor:
             (DGR/DGR₀ = 2σ(logit)); 1e-2 is β′s ≈ −5.3.
         stuck_steps: consecutive steps with |logit| ≤ ``stuck_tol`` for every pair before flagging.
         stuck_tol: |logit| this small means the DPO loss equals ln 2 to ~1e-7: policy and reference coincide.
-        win_gap_limit: the batch-mean winner gap (``delta_win``: α-weighted policy − reference ε-MSE on the winner;
-            ``g_win`` for log-ratio) above which it has exploded: the policy's error on the ground truth grew by
-            half the error of predicting zeros (ε-MSE ≈ 1), i.e. it wins the margin by ruining the winner.
+        win_gap_limit: largest winner gap in logit units: the drop of the winner's implicit reward
+            ``reward_chosen`` (−β′ŵ·Δw; −½β·g_win for log-ratio), batch mean. Beyond ~10 the policy got so much
+            worse than the reference on the ground truth that the winner alone saturates the DPO sigmoid: the
+            margin is being won by ruining the winner (a rising winner reward is the normal course of training).
     """
 
     def __init__(
@@ -62,7 +61,7 @@ class DPOHealthMonitor:
         collapse_ratio: float = 1e-2,
         stuck_steps: int = 50,
         stuck_tol: float = 1e-6,
-        win_gap_limit: float = 0.5,
+        win_gap_limit: float = 10.0,
     ) -> None:
         self.dpo_active = dpo_active
         self.identical_start = identical_start
@@ -80,7 +79,8 @@ class DPOHealthMonitor:
         return any(warning.code == code for warning in self.warnings)
 
     def check(self, step: int, stats: Mapping[str, torch.Tensor]) -> list[HealthWarning]:
-        """Check one step's loss stats (needs ``logit``; reads ``s`` and ``dgr`` for messages).
+        """Check one step's loss stats (needs ``logit``; reads ``reward_chosen`` when present, ``s`` and ``dgr`` for
+        messages).
 
         Returns the warnings raised at this step (each condition at most once per run); all of them accumulate in
         :attr:`warnings`. Raises :class:`DPOHealthError` at step 0 if the policy and reference disagree.
@@ -118,14 +118,14 @@ class DPOHealthMonitor:
                 "updating (not in the optimizer, zero learning rate, frozen) or the reference pass runs the policy "
                 "(adapter not disabled for the reference, or enabled for neither)."
             )))
-        gap = next((stats[key] for key in _WIN_GAP_STATS if key in stats), None)
-        if gap is not None and not self.flagged("win_gap_explosion"):
-            mean_gap = gap.detach().float().mean().item()
-            if not mean_gap <= self.win_gap_limit:  # NaN counts as exploded
+        if "reward_chosen" in stats and not self.flagged("win_gap_explosion"):
+            gap = -stats["reward_chosen"].detach().float().mean().item()
+            if not gap <= self.win_gap_limit:  # NaN counts as exploded
                 new.append(HealthWarning("win_gap_explosion", step, (
-                    f"step {step}: the winner gap exploded to {mean_gap:.3g} (> {self.win_gap_limit:g}): the policy's "
-                    "error on the ground truth grew far above the reference's, so the margin is won by ruining the "
-                    "winner, not by preferring it. Lower β′ or the learning rate, or add an SFT anchor (ρ > 0)."
+                    f"step {step}: the winner gap exploded: the winner's implicit reward fell by {gap:.3g} > "
+                    f"{self.win_gap_limit:g} (β′ times the policy − reference error on the ground truth): the policy "
+                    "got much worse on the ground truth. β′ is most likely far too large; or lower the learning "
+                    "rate, or add an SFT anchor (ρ > 0)."
                 )))
         self.warnings.extend(new)
         return new
