@@ -143,6 +143,10 @@ class TuneConfig(JobConfig):
             raise ValueError("metric: loss cannot rank a search over loss.beta: softplus(beta*s) shrinks as beta grows "
                              "for the same preference, so the lowest loss is the largest beta, not the best model; "
                              "use a validation delta such as val/delta_lpips_hole")
+        rho = self.control_round.fixed.get("loss.rho") if self.control_round else None
+        if isinstance(rho, (list, tuple)) and not any(r > 0 for r in rho):
+            raise ValueError(f"sft_control_round {self.sft_control_round}: the SFT-only control (alpha = 0) needs "
+                             f"rho > 0, but that round fixes loss.rho {list(rho)}; pick a round with an SFT anchor")
         return self
 
     @property
