@@ -15,9 +15,10 @@ from vipo.config import apply_overrides, load_config, validate_config
 
 
 def run(config_path: str | Path | None, overrides: Sequence[str], compare: str | None = None,
-        output_dir: Path | None = None) -> None:
+        output_dir: Path | None = None) -> Path:
     """Evaluate the config's methods on its benchmark, or (``compare`` = a benchmark name or hash) re-render the
-    comparison report from MLflow; ``output_dir`` is the evaluation's output folder for ``compare``."""
+    comparison report from MLflow; ``output_dir`` is the evaluation's output folder for ``compare``. Returns the
+    report's HTML file."""
     from evaluation.config import CompareConfig, EvaluateConfig
     from evaluation.job import compare as compare_runs
     from evaluation.job import evaluate
@@ -28,9 +29,8 @@ def run(config_path: str | Path | None, overrides: Sequence[str], compare: str |
         data["benchmark"] = compare
         if output_dir is not None:
             data["output_dir"] = str(output_dir)
-        compare_runs(validate_config(CompareConfig, data, "vipo evaluate compare"))
-    else:
-        evaluate(load_config(EvaluateConfig, config_path, overrides))
+        return compare_runs(validate_config(CompareConfig, data, "vipo evaluate compare")).index
+    return evaluate(load_config(EvaluateConfig, config_path, overrides)).report.index
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from vipo.tracking import build_logger, init_ray, run_identity
+from vipo.tracking import build_logger, init_ray, run_identity, tune_verbosity
 from vipo.tune.config import RoundConfig, SearchDim, TuneConfig
 from vipo.tune.confirm import choose_by_interval, per_clip_values
 from vipo.tune.summary import summary_table
@@ -148,7 +148,8 @@ def _fit(cfg: TuneConfig, experiment: str, space: dict, overrides: Callable[[dic
                 max_concurrent_trials=cfg.max_concurrent_trials,
                 scheduler=scheduler,
             ),
-            run_config=tune.RunConfig(name=experiment, storage_path=str(storage), stop=HealthStopper()),
+            run_config=tune.RunConfig(name=experiment, storage_path=str(storage), stop=HealthStopper(),
+                                       verbose=tune_verbosity()),
         )
     grid = tuner.fit()
     errors = [str(e).strip().splitlines()[-1] for e in grid.errors]
