@@ -6,6 +6,7 @@ is covered by ``test_tune_e2e.py``)."""
 from __future__ import annotations
 
 import json
+import uuid
 
 import numpy as np
 import pytest
@@ -141,7 +142,7 @@ def _health_aware(trial):
     control = values.get("loss.alpha") == [0, 0, 0]
     for step in (1, 2, 3):
         collapsed = beta > 1e6 and step >= 2
-        objective = -1.0 if beta > 1e6 else -abs(beta - 500) / 1e4 - lr - (0.5 if control else 0)
+        objective = -1.0 if beta > 1e6 else abs(beta - 500) / 1e4 - lr - (0.5 if control else 0)
         tune.report({"val/delta_lpips_hole": objective, "health/dgr_collapse": float(collapsed),
                      "health/stuck_at_ln2": 0.0, "dpo/dgr": 0.0 if collapsed else beta / 2, "step": step,
                      **{f"val/delta_lpips_hole/clip{i}": objective + 0.01 * i for i in range(2)}})
@@ -207,16 +208,18 @@ def test_per_clip_values_fall_back_to_the_objective():
 
 def test_confirmation_reruns_the_top_configs_with_fresh_seeds(tmp_path, ray_local):
     cfg = _staged(tmp_path, STAGED, ["sft_control_round=null", "confirm.num_seeds=2", "seed=7"])
-    seen = []
+    seen = tmp_path / "seen"
+    seen.mkdir()
 
-    def trainable(trial):
-        seen.append(_values(trial))
+    def trainable(trial):  # runs in a Tune worker process: what it saw goes through files
+        values = _values(trial)
+        (seen / f"{uuid.uuid4().hex}.json").write_text(json.dumps(values))
         _health_aware(trial)
 
     result = run_staged_search(cfg, trainable=trainable)
     confirmation = result.confirmation
     assert confirmation["seeds"] == [8, 9]
-    reruns = [v for v in seen if "seed" in v]
+    reruns = [v for v in (json.loads(f.read_text()) for f in seen.iterdir()) if "seed" in v]
     assert sorted((v["optim.lr"], v["seed"]) for v in reruns) == [(1e-4, 8), (1e-4, 9), (1e-3, 8), (1e-3, 9)]
     assert confirmation["settled"]["optim.lr"] == 1e-3 and result.settled == confirmation["settled"]
     assert confirmation["candidates"][0]["vs_reference"]["n"] == 2 * 2  # seeds × clips
