@@ -253,3 +253,25 @@ def test_an_interrupted_round_resumes_only_its_unfinished_trials(tmp_path, ray_l
 
 def _overrides_of(trial) -> dict:
     return dict(item.split("=", 1) for item in trial["_overrides"])
+
+
+def test_ranking_skips_health_failures_and_the_summary_lists_every_trial():
+    from vipo.tune.staged import _ranked
+
+    trials = [
+        {"trial": "t1", "config": {"loss.beta": 1e7}, "value": -1.0, "health": ["dgr_collapse"],
+         "status": "failed: dgr_collapse", "dgr": 0.0},
+        {"trial": "t2", "config": {"loss.beta": 500.0}, "value": 0.2, "health": [], "status": "ok", "dgr": 250.0},
+        {"trial": "t3", "config": {"loss.beta": 100.0}, "value": 0.1, "health": [], "status": "ok", "dgr": 50.0},
+        {"trial": "t4", "config": {"loss.beta": 50.0}, "value": None, "health": [], "status": "ok", "dgr": None},
+    ]
+    assert [t["trial"] for t in _ranked(trials, "min")] == ["t3", "t2"]
+    assert [t["trial"] for t in _ranked(trials, "max")] == ["t2", "t3"]
+    control = {"trial": "c", "config": {"loss.alpha": [0, 0, 0]}, "value": 0.3, "health": [], "status": "ok",
+               "dgr": None}
+    table = summary_table([{"round": "r1", "trials": trials}, {"round": "r2", "trials": [], "control": control}],
+                          "val/delta_lpips_hole")
+    lines = table.splitlines()
+    assert lines[2] == '| r1 | t1 | {"loss.beta":10000000.0} | -1 | failed: dgr_collapse | 0 |'
+    assert lines[5] == '| r1 | t4 | {"loss.beta":50.0} | - | ok | - |'
+    assert lines[6] == '| r2 | c | {"loss.alpha":[0,0,0]} | 0.3 | ok | - |' and len(lines) == 7
