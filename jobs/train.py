@@ -17,9 +17,11 @@ from vipo.train.config import TrainConfig, load_train_config
 
 
 def validation_scorer(cfg: TrainConfig, source: str = "<train config>") -> Scorer | None:
-    """evaluation's scorer for ``cfg.validation.scoring`` (None when validation is off); a bad key or missing LPIPS /
-    RAFT weights is a one-line error here, before any worker starts."""
-    if cfg.validation.every_n_steps is None:
+    """evaluation's scorer for ``cfg.validation.scoring`` (None when validation is off or the recipe scores its own
+    validation); a bad key or missing LPIPS / RAFT weights is a one-line error here, before any worker starts."""
+    from vipo.train.recipes import get_recipe
+
+    if cfg.validation.every_n_steps is None or not getattr(get_recipe(cfg.recipe), "uses_validation_gate", False):
         return None
     settings = validate_config(ScoringConfig, cfg.validation.scoring, f"{source} validation.scoring")
     settings.identity()

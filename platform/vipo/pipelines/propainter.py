@@ -37,6 +37,7 @@ __all__ = [
     "ProPainterConfig",
     "ProPainterPipeline",
     "dilate_holes",
+    "random_models",
     "reference_indices",
     "save_random_propainter_weights",
     "subvideo_spans",
@@ -98,10 +99,12 @@ def _raft_pairs_per_batch(width: int) -> int:
     return 1
 
 
-def _random_models(seed: int) -> tuple[RAFT, RecurrentFlowCompleteNet, InpaintGenerator]:
+def random_models(seed: int, generator: bool = True) -> tuple[RAFT, RecurrentFlowCompleteNet, InpaintGenerator | None]:
+    """The three networks with random weights drawn from ``seed`` (RAFT, then flow completion, then the generator,
+    so leaving the generator out does not change the other two)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return raft_large(weights=None), RecurrentFlowCompleteNet(), InpaintGenerator()
+        return raft_large(weights=None), RecurrentFlowCompleteNet(), InpaintGenerator() if generator else None
 
 
 def save_random_propainter_weights(weights_dir: str | Path, seed: int = 0) -> Path:
@@ -110,7 +113,7 @@ def save_random_propainter_weights(weights_dir: str | Path, seed: int = 0) -> Pa
     :meth:`ProPainterPipeline.from_pretrained` on it equals :meth:`ProPainterPipeline.from_random` with ``seed``."""
     weights_dir = Path(weights_dir)
     weights_dir.mkdir(parents=True, exist_ok=True)
-    raft, flow_completion, generator = _random_models(seed)
+    raft, flow_completion, generator = random_models(seed)
     torch.save(raft_state_dict_to_upstream(raft.state_dict()), weights_dir / WEIGHT_FILES["raft"])
     torch.save(flow_completion.state_dict(), weights_dir / WEIGHT_FILES["flow_completion"])
     torch.save(generator.state_dict(), weights_dir / WEIGHT_FILES["generator"])
@@ -165,7 +168,7 @@ class ProPainterPipeline:
     def from_random(cls, seed: int = 0, device: str | torch.device = "cpu", **knobs) -> "ProPainterPipeline":
         """The real architecture with random weights (tests, demos)."""
         config = validate_config(ProPainterConfig, knobs, source="ProPainterPipeline")
-        raft, flow_completion, generator = _random_models(seed)
+        raft, flow_completion, generator = random_models(seed)
         return cls(raft, flow_completion, generator, config=config, device=device)
 
     def processing_size(self, height: int, width: int) -> tuple[int, int]:

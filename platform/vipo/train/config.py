@@ -42,14 +42,19 @@ class ScalingSettings(Config):
 
 
 class OptimSettings(Config):
-    """AdamW + a diffusers LR schedule. ``max_steps`` counts optimiser steps (after accumulation)."""
+    """AdamW (Adam when ``weight_decay: 0``) + an LR schedule. ``max_steps`` counts optimiser steps (after
+    accumulation). ``multistep`` multiplies the rate by ``gamma`` at each of ``milestones`` (torch's MultiStepLR)
+    after a linear warm-up from ``warmup_start_lr`` over ``warmup_steps``; the others are diffusers schedules."""
 
     lr: float = Field(default=5e-6, gt=0)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(default=1e-8, gt=0)
     weight_decay: float = Field(default=1e-2, ge=0)
-    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "multistep"] = "constant"
     warmup_steps: int = Field(default=0, ge=0)
+    warmup_start_lr: float = Field(default=0.0, ge=0, description="multistep: the warm-up's first rate.")
+    milestones: list[int] = Field(default_factory=list, description="multistep: steps where the rate decays.")
+    gamma: float = Field(default=0.1, gt=0, description="multistep: decay factor at each milestone.")
     max_steps: int = Field(default=1000, ge=1)
     grad_accum: int = Field(default=1, ge=1)
     max_grad_norm: float | None = Field(default=1.0, gt=0, description="Gradient clipping; null disables it.")

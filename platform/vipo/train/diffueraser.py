@@ -230,6 +230,8 @@ class DiffuEraserRecipe:
     manifest_path: Path | None = None
     #: Scores validation clips (injected by the jobs layer through ``run_recipe``); None: strips only.
     scorer: ClipScorer | None = None
+    #: Its validation clips are judged by the loop's gate, so a launcher should build a scorer for it.
+    uses_validation_gate = True
     # Attributes a finished or failed run lets go of, so a Ray worker frees its (GPU) memory at once.
     _released = ("loop", "engine", "reference", "frozen", "validation")
 

@@ -11,6 +11,7 @@ ranks), ``engine.shards_parameters`` (ZeRO-3), and
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import math
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ __all__ = [
     "PRECISION_DTYPES",
     "DeepSpeedEngine",
     "Engine",
+    "MultiStepWarmup",
     "TorchEngine",
     "WorkerContext",
     "build_engine",
@@ -86,8 +88,30 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return params
 
 
+@dataclass(frozen=True)
+class MultiStepWarmup:
+    """LR factor of the ``multistep`` schedule at a step: linear from ``start`` (a fraction of the base rate) to 1
+    over ``warmup_steps``, then ``gamma`` to the number of ``milestones`` reached (a picklable LambdaLR lambda)."""
+
+    warmup_steps: int
+    start: float
+    milestones: tuple[int, ...]
+    gamma: float
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.start + (1 - self.start) * step / self.warmup_steps
+        return self.gamma ** bisect.bisect_right(self.milestones, step)
+
+
 def build_lr_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
     from diffusers.optimization import get_scheduler
+
+    optim = cfg.optim
+    if optim.lr_scheduler == "multistep":
+        factor = MultiStepWarmup(optim.warmup_steps, optim.warmup_start_lr / optim.lr, tuple(sorted(optim.milestones)),
+                                 optim.gamma)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
     return get_scheduler(
         cfg.optim.lr_scheduler, optimizer,

@@ -59,7 +59,7 @@ class Recipe(Protocol):
     #: Recorded as MLflow identity tags: the weights the run starts from and the data manifest it reads.
     parent_checkpoint: Path | None
     manifest_path: Path | None
-    #: The fixed validation clips (``.clips``: name → (frames, hole)), or None when validation is off.
+    #: The fixed validation clips (``.clips``: name → (frames, hole), judged by the loop's gate), or None.
     validation: Any
     #: Injected by :func:`run_recipe`; scores the validation clips (None: strips only).
     scorer: ClipScorer | None
@@ -89,7 +89,8 @@ class Recipe(Protocol):
 
     def validate(self, step: int) -> dict[str, np.ndarray]:
         """Rank 0 (every rank under ZeRO-3, whose result is dropped): validation clip name → the current weights'
-        raw (F, H, W, 3) uint8 inpainting, judged by the loop's :class:`ValidationGate`."""
+        raw (F, H, W, 3) uint8 inpainting, judged by the loop's :class:`ValidationGate`; a recipe without
+        ``validation.clips`` returns its own strips (name → (F, H, W, 3) uint8), logged as they are."""
 
     @classmethod
     def export(cls, cfg: TrainConfig, checkpoint: Path, out_dir: Path) -> None:
@@ -121,11 +122,13 @@ class TrainLoop:
         self.loader_workers = loader_workers
         self.noise = torch.Generator().manual_seed(cfg.seed * 100_003 + ctx.rank)
         self.progress = TrainingProgress(seed=cfg.seed)
-        clips = getattr(recipe, "validation", None)
+        # The gate judges recipes whose validation is a set of inpainting clips (``.clips``); others (ProPainter's)
+        # return their own strips from ``validate`` and log their own scores.
+        clips = getattr(getattr(recipe, "validation", None), "clips", None)
         scorer = getattr(recipe, "scorer", None)
         if scorer is not None and ctx.is_main and clips is not None:
             scorer = scorer.setup(ctx.device)
-        self.gate = ValidationGate(clips.clips, scorer) if clips is not None else None
+        self.gate = ValidationGate(clips, scorer) if clips is not None else None
         if checkpoint is not None:
             self._restore(checkpoint)
         # Decided once, on every rank alike, so all ranks crash together and a relaunch does not crash again.
@@ -323,8 +326,9 @@ class TrainLoop:
             scores = self.gate.set_reference(outputs)
             self.logger.log_metrics(scores, step=step)
             return scores
-        scores, videos = self.gate.judge(outputs)
-        self.logger.log_metrics(scores, step=step)
+        scores, videos = self.gate.judge(outputs) if self.gate is not None else ({}, outputs)
+        if scores:
+            self.logger.log_metrics(scores, step=step)
         self.logger.log_images({name: video_grid(frames) for name, frames in videos.items()}, step=step)
         with tempfile.TemporaryDirectory(prefix="vipo-val-") as tmp:
             for name, frames in videos.items():
