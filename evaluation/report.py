@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from evaluation.benchmark import Benchmark
 from evaluation.config import ReportConfig
-from evaluation.paired import PairedDelta, paired_delta
+from vipo.stats import PairedDelta, paired_delta
 from evaluation.results import MethodResult
 from evaluation.scoring import METRICS
 from vipo.generate.candidates import hard_composite

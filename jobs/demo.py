@@ -1,6 +1,6 @@
 """``vipo demo [--output-dir runs/demo]``: the whole flow on the bundled sample clips with tiny random models.
 
-generate → stage 1 → stage 2 → stage 3 (Region-Reg-DPO, LoRA) → a one-round Tune sweep → evaluation of ProPainter,
+generate → stage 1 → stage 2 → stage 3 (Region-Reg-DPO, LoRA) → the staged Tune sweep (tune_demo.yaml) → evaluation of ProPainter,
 DiffuEraser and the stage-3 export → the comparison report. Local Ray, one sqlite MLflow database for every step
 (``<output_dir>/mlflow.db``). Each step is the same job a user submits, driven by the configs in
 ``jobs/configs/*_demo.yaml`` with paths pointed into ``output_dir``. Rerunning the command continues where it
@@ -14,6 +14,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -89,11 +91,13 @@ def run(output_dir: Path) -> None:
     stage3 = _latest_export(train_dir / "stage3-dpo-demo")
     timings["stage3"] = time.perf_counter() - start
 
-    start = _step(6, "tune (one round over beta, Ray Tune)")
+    start = _step(6, "tune (four staged rounds, SFT-only control, multi-seed confirmation; Ray Tune)")
+    # The demo's paths join the sweep's own trial settings (short runs, one worker).
+    sweep = yaml.safe_load((CONFIGS / "tune_demo.yaml").read_text())["base_overrides"]
     tune.run(
         CONFIGS / "tune_demo.yaml",
         [f"output_dir={out / 'tune'}", f"base_config={CONFIGS / 'stage3_dpo_demo.yaml'}",
-         f"base_overrides={json.dumps([*stage3_overrides[1:], 'export_on_finish=false'])}", *shared],
+         f"base_overrides={json.dumps([*stage3_overrides[1:], *sweep])}", *shared],
     )
     timings["tune"] = time.perf_counter() - start
 

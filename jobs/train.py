@@ -2,7 +2,9 @@
 
 Relaunching the same command resumes from the run's latest checkpoint (``output_dir/<name>``). On SIGTERM it
 checkpoints at the next step boundary and exits 75 (143 when that takes longer than
-``failure.preemption_grace_s``); see :mod:`vipo.train.preemption`.
+``failure.preemption_grace_s``); see :mod:`vipo.train.preemption`. The validation gate's scorer is evaluation's
+:class:`~evaluation.scoring.Scorer`, built here from ``validation.scoring`` and injected into the run: ``vipo``
+sits below ``evaluation`` and cannot import its metrics.
 """
 
 from __future__ import annotations
@@ -10,19 +12,34 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from evaluation.scoring import Scorer, ScoringConfig
+from vipo.config import validate_config
 from vipo.tracking import read_run_id, resolve_tracking_uri
-from vipo.train.config import load_train_config
+from vipo.train.config import TrainConfig, load_train_config
+
+
+def validation_scorer(cfg: TrainConfig, source: str = "<train config>") -> Scorer | None:
+    """evaluation's scorer for ``cfg.validation.scoring`` (None when validation is off or the recipe scores its own
+    validation); a bad key or missing LPIPS / RAFT weights is a one-line error here, before any worker starts."""
+    from vipo.train.recipes import get_recipe
+
+    if cfg.validation.every_n_steps is None or not getattr(get_recipe(cfg.recipe), "uses_validation_gate", False):
+        return None
+    settings = validate_config(ScoringConfig, cfg.validation.scoring, f"{source} validation.scoring")
+    settings.identity()
+    return Scorer(settings)
 
 
 def run(config_path: str | Path, overrides: list[str]) -> None:
     """Validate the config (one-line ``ConfigError`` on any problem), then build the trainer and fit."""
     cfg = load_train_config(config_path, overrides)
+    scorer = validation_scorer(cfg, str(config_path))
     from vipo.train.preemption import EXIT_PREEMPTED, EXIT_PREEMPTION_TIMEOUT, Preempted, PreemptionTimeout
     from vipo.train.runner import fit
 
     print(f"run folder: {cfg.run_dir}  (relaunch the same command to resume)")
     try:
-        result = fit(cfg)
+        result = fit(cfg, scorer=scorer)
     except Preempted as stopped:
         print(stopped, file=sys.stderr)
         raise SystemExit(EXIT_PREEMPTED) from None

@@ -1,20 +1,39 @@
-"""`vipo tune <config.yaml> [key=value ...]`: the staged Ray Tune search (`python -m jobs.tune` forwards here)."""
+"""`vipo tune <config.yaml> [key=value ...]`: the staged Ray Tune search (`python -m jobs.tune` forwards here).
+
+Each trial's validation scorer is evaluation's, injected through ``train_trial`` (see ``jobs.train``).
+"""
 
 from __future__ import annotations
 
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
+from jobs.train import validation_scorer
 from vipo.config import load_config
-from vipo.tune import TuneConfig, run_staged_search
+from vipo.train.config import load_train_config
+from vipo.tune import TuneConfig, run_staged_search, train_trial
 
 
 def run(config_path: Path, overrides: list[str]) -> None:
     cfg = load_config(TuneConfig, config_path, overrides)
-    for record in run_staged_search(cfg):
+    # The trials' scoring settings fail here, once, rather than in every trial.
+    validation_scorer(load_train_config(cfg.base_config, cfg.base_overrides), str(cfg.base_config))
+    result = run_staged_search(cfg, trainable=partial(train_trial, scorer_factory=validation_scorer))
+    for record in result.rounds:
         print(f"round {record['round']}: best {record['metric']} = {record['value']:.6g} "
               f"with {json.dumps(record['settled'])}")
+        if "control" in record:
+            control = record["control"]
+            print(f"  SFT-only control ({json.dumps(control['config'])}): {control['value']} "
+                  f"({'beats' if record['control_beats_best'] else 'does not beat'} the best DPO trial)")
+    print(result.summary)
+    if result.confirmation:
+        from vipo.tune.staged import describe_confirmation
+
+        print(describe_confirmation(result.confirmation))
+    print(f"chosen overrides: {json.dumps(result.settled)}")
     print(f"rounds and trials under {cfg.output_dir / cfg.name}")
 
 

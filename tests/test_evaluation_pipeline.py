@@ -31,7 +31,7 @@ from evaluation.methods import (
     ProPainterMethod,
     apply_lora,
 )
-from evaluation.paired import paired_delta
+from vipo.stats import paired_delta
 from evaluation.runs import TAG
 from evaluation.metrics import frame_ssim_win65
 from evaluation.scoring import METRICS, Scorer, ScoringConfig

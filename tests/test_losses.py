@@ -440,6 +440,8 @@ def test_config_selects_variant_by_kind():
         ({"kind": "ipo"}, "loss"),
         ({"beta": 500}, "loss"),
         ({"kind": "region_reg_dpo", "alpha": [1, -1, 0]}, "loss.region_reg_dpo.alpha.1"),
+        ({"kind": "region_reg_dpo", "alpha": [1, 1.5, 0]},
+         r"loss.region_reg_dpo: Value error, alpha \[1.0, 1.5, 0.0\]: alpha_c = 0 leaves the context out"),
         ({"kind": "region_reg_dpo", "rho": [1, 2]}, "loss.region_reg_dpo.rho"),
         ({"kind": "region_reg_dpo", "beta": 0}, "loss.region_reg_dpo.beta"),
         ({"kind": "region_reg_dpo", "timestep_weighting": "elbo"}, "loss.region_reg_dpo.timestep_weighting"),
@@ -511,6 +513,28 @@ def test_health_monitor_flags_dgr_collapse_once_early():
     assert warning.code == "dgr_collapse" and warning.step == 3 and "β′" in warning.message
     assert monitor.check(4, collapsed) == []
     assert DPOHealthMonitor().check(12, collapsed) == []  # a low DGR late in training is the normal end state
+
+
+def test_health_monitor_flags_an_exploded_winner_gap_at_huge_beta():
+    noise, _, _, ref_win, ref_lose = make_batch(36, dtype=torch.float32)
+    # The policy drifted from the reference by a small step on both samples (as after a few updates): its
+    # ε-prediction error on the winner grew a little.
+    drift = 0.02 * torch.randn(ref_win.shape, generator=torch.Generator().manual_seed(1))
+    policy_win, policy_lose = ref_win + drift, ref_lose + drift
+    for beta, flagged in ((500.0, False), (1.0e7, True)):
+        stats = region_stats(policy_win, policy_lose, ref_win, ref_lose, noise, beta=beta)
+        # The implicit winner reward is −β′ times the α-weighted policy − reference ε-MSE gap on the winner.
+        torch.testing.assert_close(stats["reward_chosen"], -beta * stats["delta_win"])
+        assert ((beta * stats["delta_win"]).mean().item() > 10) is flagged
+        codes = [w.code for w in DPOHealthMonitor(identical_start=False).check(2, stats)]
+        assert ("win_gap_explosion" in codes) is flagged
+    # Getting better on the winner by as much is the normal course of training, not an explosion.
+    better = region_stats(ref_win, policy_lose, policy_win, ref_lose, noise, beta=1.0e7)
+    assert better["reward_chosen"].mean() > 10
+    assert "win_gap_explosion" not in [w.code for w in DPOHealthMonitor(identical_start=False).check(20, better)]
+    log_ratio = LogRatioDPOLossConfig(beta=1.0e4).compute(noise, policy_win, policy_lose, ref_win, ref_lose,
+                                                          exclusive_regions(29))[1]
+    torch.testing.assert_close(log_ratio["reward_chosen"], -0.5 * 1.0e4 * log_ratio["g_win"])
 
 
 def test_health_monitor_flags_exact_ln2_for_many_steps():

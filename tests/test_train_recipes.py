@@ -8,6 +8,7 @@ import pytest
 import torch
 from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
+from evaluation.scoring import Scorer, ScoringConfig
 from vipo.models.brushnet import BrushNetModel
 from vipo.models.diffueraser_weights import load_diffueraser_components
 from vipo.models.tiny import write_tiny_weights
@@ -15,6 +16,7 @@ from vipo.train.config import load_train_config
 from vipo.train.engine import WorkerContext
 from vipo.train.export import export
 from vipo.train.recipes import get_recipe
+from vipo.train.validation import REFERENCE_FILE
 
 CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
 
@@ -26,12 +28,13 @@ def weights_root(tmp_path_factory) -> Path:
     return root
 
 
-def make_recipe(stage: str, weights_root: Path, output_dir: Path, *overrides: str):
+def make_recipe(stage: str, weights_root: Path, output_dir: Path, *overrides: str, scorer=None):
     cfg = load_train_config(CONFIGS / f"{stage}_demo.yaml", [
         f"output_dir={output_dir}", f"model.weights_root={weights_root}", "model.tiny_weights_seed=null",
         "tracking.enabled=false", "validation.every_n_steps=null", "data.clip.nframes=3", *overrides,
     ])
     recipe = get_recipe(cfg.recipe)(cfg, WorkerContext())
+    recipe.scorer = scorer  # what run_recipe injects on a Ray worker
     recipe.setup(None)
     return recipe
 
@@ -119,11 +122,22 @@ def _assert_same_weights(model: torch.nn.Module, reference: torch.nn.Module) -> 
 
 def test_stage1_export_round_trip_and_compose(weights_root, tmp_path):
     stage1 = make_recipe("stage1", weights_root, tmp_path, "optim.max_steps=1", "validation.every_n_steps=1",
-                         "validation.num_inference_steps=1")
+                         "validation.num_inference_steps=1",
+                         scorer=Scorer(ScoringConfig(metrics=["psnr_hole", "outside_max_abs"])))
     stage1.train()  # outside Ray Train the loop writes the run folder itself and exports at the end
     logged = stage1.loop.logger  # tracking disabled: the in-memory logger
     ((step, grid),) = logged.images[next(iter(logged.images))]
-    assert step == 1 and grid.dtype.name == "uint8" and grid.shape == (3 * 32, 3 * 32, 3)  # input|output|GT × 3
+    # GT | hole | reference (start weights) | policy, × 3 frames
+    assert step == 1 and grid.dtype.name == "uint8" and grid.shape == (4 * 32, 3 * 32, 3)
+    # The gate: start weights scored at step 0, the paired delta (one clip: mean = the clip's) at the checkpoint.
+    ((ref_step, ref_psnr),) = logged.metrics["val/ref_psnr_hole"]
+    ((val_step, psnr),) = logged.metrics["val/psnr_hole"]
+    ((_, delta),) = logged.metrics["val/delta_psnr_hole"]
+    (clip_key,) = [k for k in logged.metrics if k.startswith("val/delta_psnr_hole/")]
+    assert (ref_step, val_step) == (0, 1) and delta == pytest.approx(psnr - ref_psnr) and delta != 0
+    assert logged.metrics[clip_key] == logged.metrics["val/delta_psnr_hole"]
+    assert logged.metrics["val/delta_outside_max_abs"] == [(1, 0.0)]
+    assert (tmp_path / "stage1-demo" / "checkpoint-00000001" / REFERENCE_FILE).is_file()
     assert [artifact for _, artifact in logged.artifacts] == ["validation", "model"]
     out = tmp_path / "stage1-demo" / "export" / "step_00000001"
     assert out.is_dir()

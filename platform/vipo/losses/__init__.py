@@ -4,14 +4,21 @@ Every loss takes ε and the four ε-predictions (policy/reference × winner/lose
 (hole, boundary, context) region masks, and returns ``(loss, stats)`` with detached per-pair and scalar stats.
 """
 
-from vipo.losses.config import DPOLossConfig, LogRatioDPOLossConfig, RegionRegDPOLossConfig, compute_dpo_loss
-from vipo.losses.health import DPOHealthError, DPOHealthMonitor, HealthWarning
+from vipo.losses.config import (
+    DPOLossConfig,
+    LogRatioDPOLossConfig,
+    RegionRegDPOLossConfig,
+    check_context_alpha,
+    compute_dpo_loss,
+)
+from vipo.losses.health import HEALTH_CODES, DPOHealthError, DPOHealthMonitor, HealthWarning
 from vipo.losses.log_ratio_dpo import log_ratio_dpo_loss
 from vipo.losses.region_dpo import region_reg_dpo_loss
 from vipo.losses.region_terms import REGION_NAMES, RegionTerms, implicit_accuracy, summarize_stats
 from vipo.losses.weighting import min_snr_weight
 
 __all__ = [
+    "HEALTH_CODES",
     "DPOHealthError",
     "DPOHealthMonitor",
     "DPOLossConfig",
@@ -20,6 +27,7 @@ __all__ = [
     "REGION_NAMES",
     "RegionRegDPOLossConfig",
     "RegionTerms",
+    "check_context_alpha",
     "compute_dpo_loss",
     "implicit_accuracy",
     "log_ratio_dpo_loss",

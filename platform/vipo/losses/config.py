@@ -23,7 +23,7 @@ from vipo.losses.log_ratio_dpo import log_ratio_dpo_loss
 from vipo.losses.region_dpo import region_reg_dpo_loss
 from vipo.losses.weighting import min_snr_weight
 
-__all__ = ["DPOLossConfig", "LogRatioDPOLossConfig", "RegionRegDPOLossConfig", "compute_dpo_loss"]
+__all__ = ["DPOLossConfig", "check_context_alpha", "LogRatioDPOLossConfig", "RegionRegDPOLossConfig", "compute_dpo_loss"]
 
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -31,6 +31,17 @@ RegionTriple = tuple[NonNegative, NonNegative, NonNegative]
 """One value per region, in the order (hole, boundary, context)."""
 
 LossOutput = tuple[torch.Tensor, dict[str, torch.Tensor]]
+
+
+def check_context_alpha(alpha: Sequence[float]) -> None:
+    """Refuse α_c = 0 next to a non-zero α_h or α_b: the context then takes no part in the preference at all (the
+    seed roadmap's step-5 pitfall 3), so nothing holds the pixels around the hole to the winner. α ≡ 0 (the SFT-only
+    control) has no preference term and is allowed."""
+    if alpha[2] == 0 and any(a > 0 for a in alpha[:2]):
+        raise ValueError(
+            f"alpha {list(alpha)}: alpha_c = 0 leaves the context out of the DPO preference entirely; use "
+            "alpha_c in 0.05-0.1, or alpha: [0, 0, 0] (with rho > 0) for the SFT-only control"
+        )
 
 
 class RegionRegDPOLossConfig(Config):
@@ -46,6 +57,11 @@ class RegionRegDPOLossConfig(Config):
     rho: RegionTriple = (0.0, 0.0, 0.0)
     timestep_weighting: Literal["none", "min_snr"] = "none"
     min_snr_gamma: Positive = Field(default=5.0, description="γ of min-SNR-γ; used when timestep_weighting=min_snr")
+
+    @model_validator(mode="after")
+    def _context_takes_part(self) -> "RegionRegDPOLossConfig":
+        check_context_alpha(self.alpha)
+        return self
 
     @property
     def has_dpo_term(self) -> bool:

@@ -95,6 +95,7 @@ def log_ratio_dpo_loss(
             "dgr": 0.5 * beta * torch.sigmoid(logit),
             "implicit_acc": implicit_accuracy(margin),
             "g_win": g_win,
+            "reward_chosen": -0.5 * beta * g_win,  # the winner's implicit reward, in the logit's units
             "g_lose": g_lose,
             "m_win": m_win.detach(),
             "m_lose": terms.sq_err_lose @ weights / total_weight,

@@ -115,7 +115,8 @@ class ValidationSettings(Config):
 
     Clips are the first frames of ``videos`` (video ids or bare names from the training sources; empty: the
     first ``num_videos``), at the training clip size and length; masks are random moving masks drawn from
-    ``seed`` (+ the clip's position), identical at every validation.
+    ``seed`` (+ the clip's position), identical at every validation. Validation also runs at every checkpoint and
+    judges the clips against the start weights' outputs (:mod:`vipo.train.validation`).
     """
 
     every_n_steps: int | None = Field(default=None, ge=1)
@@ -123,6 +124,11 @@ class ValidationSettings(Config):
     num_videos: int = Field(default=2, ge=1)
     num_inference_steps: int = Field(default=20, ge=1)
     seed: int = Field(default=0, ge=0)
+    scoring: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The scorer's settings: evaluation's ScoringConfig (metrics, LPIPS/RAFT weights). The metrics live "
+        "a layer above vipo, so the job that launches the run validates these and injects the scorer.",
+    )
 
 
 class ModelSettings(Config):

@@ -6,7 +6,8 @@
   one timestep per clip (shared by its frames, as upstream trains) and per-frame noise; each clip's randomness
   comes from its own generator (:func:`clip_generators`), so batch 2 draws exactly what two batches of 1 draw.
 - :func:`epsilon_loss`: the DDPM ε-prediction MSE of stages 1 and 2.
-- :class:`ValidationClips`: fixed clips + fixed masks, inpainted through ``DiffuEraserPipeline``.
+- :class:`ValidationClips`: fixed clips + fixed masks, inpainted through ``DiffuEraserPipeline`` (judged by
+  :class:`vipo.train.validation.ValidationGate`).
 - :class:`DiffuEraserRecipe`: the recipe verbs every stage shares (prepare weights, train, validate, cleanup).
 """
 
@@ -27,6 +28,7 @@ from vipo.masks import random_moving_masks
 from vipo.pipelines.diffueraser import DiffuEraserPipeline, build_conditioning, encode_frames
 from vipo.train.config import DiffuEraserModelSettings, ModelSettings, TrainConfig, ValidationSettings
 from vipo.train.engine import PRECISION_DTYPES, WorkerContext
+from vipo.train.validation import ClipScorer
 
 __all__ = [
     "DiffuEraserRecipe",
@@ -205,21 +207,20 @@ class ValidationClips:
             self.clips[name] = (resize_center_crop(frames, size), resize_center_crop(hole, size, "nearest"))
 
     def run(self, frozen: FrozenEncoders, denoiser: nn.Module) -> dict[str, np.ndarray]:
-        """Inpaint every clip with ``denoiser``'s UNet and BrushNet (UniPC, no prior, as upstream validates) →
-        name → (F, 3H, W, 3) uint8 frames stacked top to bottom: masked input | inpainted | ground truth."""
+        """Inpaint every clip with ``denoiser``'s UNet and BrushNet (UniPC, no prior, as upstream validates; the same
+        seed, hence the same initial noise, every time) → name → raw (F, H, W, 3) uint8 frames (the judging and
+        the strips are :class:`vipo.train.validation.ValidationGate`'s)."""
         pipeline = DiffuEraserPipeline(
             vae=frozen.vae, text_encoder=frozen.text_encoder, tokenizer=frozen.tokenizer, unet=denoiser.unet,
             brushnet=denoiser.brushnet, scheduler=UniPCMultistepScheduler.from_config(frozen.scheduler.config),
         )
         pipeline.set_progress_bar_config(disable=True)
-        videos = {}
-        for name, (frames, hole) in self.clips.items():
-            # Masks are exact training-style holes: no extra dilation.
-            output = pipeline(frames, hole, seed=self.settings.seed,
-                              num_inference_steps=self.settings.num_inference_steps, mask_dilation_iter=0).frames
-            masked = frames * ~hole[..., None]
-            videos[name] = np.concatenate([masked, output, frames], axis=1)
-        return videos
+        # Masks are exact training-style holes: no extra dilation.
+        return {
+            name: pipeline(frames, hole, seed=self.settings.seed, num_inference_steps=self.settings.num_inference_steps,
+                           mask_dilation_iter=0).raw_frames
+            for name, (frames, hole) in self.clips.items()
+        }
 
 
 class DiffuEraserRecipe:
@@ -227,6 +228,10 @@ class DiffuEraserRecipe:
     ``frozen``, ``engine``, ``validation`` and ``loop``), ``compute_loss``, ``save_checkpoint`` and ``export``."""
 
     manifest_path: Path | None = None
+    #: Scores validation clips (injected by the jobs layer through ``run_recipe``); None: strips only.
+    scorer: ClipScorer | None = None
+    #: Its validation clips are judged by the loop's gate, so a launcher should build a scorer for it.
+    uses_validation_gate = True
     # Attributes a finished or failed run lets go of, so a Ray worker frees its (GPU) memory at once.
     _released = ("loop", "engine", "reference", "frozen", "validation")
 

@@ -1,8 +1,9 @@
-"""The loop every recipe shares: data → micro-steps → log → checkpoint → validate, and resume.
+"""The loop every recipe shares: data → micro-steps → log → validate → checkpoint, and resume.
 
 A recipe (``vipo/train/recipes/<name>.py``) builds its models and dataset in ``setup`` and hands them to
 :class:`TrainLoop`, which owns everything else: the resumable per-epoch data order, the noise generator, the
-MLflow logger (rank 0), checkpoints through ``ray.train.report``, validation grids/GIFs and the final export.
+MLflow logger (rank 0), checkpoints through ``ray.train.report``, the validation gate (scores vs the start
+weights, reported with the checkpoint so Tune sees them; strips and GIFs) and the final export.
 The hooks a recipe provides are listed in :class:`Recipe`.
 """
 
@@ -43,6 +44,7 @@ from vipo.train.checkpointing import (
 )
 from vipo.train.config import TrainConfig
 from vipo.train.engine import Engine, WorkerContext
+from vipo.train.validation import ClipScorer, ValidationGate
 from vipo.train.guard import StepGuard, nonfinite_parameters
 from vipo.train.preemption import stop_requested
 
@@ -63,6 +65,10 @@ class Recipe(Protocol):
     #: Recorded as MLflow identity tags: the weights the run starts from and the data manifest it reads.
     parent_checkpoint: Path | None
     manifest_path: Path | None
+    #: The fixed validation clips (``.clips``: name → (frames, hole), judged by the loop's gate), or None.
+    validation: Any
+    #: Injected by :func:`run_recipe`; scores the validation clips (None: strips only).
+    scorer: ClipScorer | None
 
     @classmethod
     def prepare(cls, cfg: TrainConfig) -> None:
@@ -88,8 +94,9 @@ class Recipe(Protocol):
         ranks; every rank must return the same keys)."""
 
     def validate(self, step: int) -> dict[str, np.ndarray]:
-        """Rank 0 (every rank under ZeRO-3, whose result is dropped): name → (F, H, W, 3) uint8 frames, logged
-        as a grid image and a GIF."""
+        """Rank 0 (every rank under ZeRO-3, whose result is dropped): validation clip name → the current weights'
+        raw (F, H, W, 3) uint8 inpainting, judged by the loop's :class:`ValidationGate`; a recipe without
+        ``validation.clips`` returns its own strips (name → (F, H, W, 3) uint8), logged as they are."""
 
     @classmethod
     def export(cls, cfg: TrainConfig, checkpoint: Path, out_dir: Path) -> None:
@@ -125,6 +132,13 @@ class TrainLoop:
         self.guard = StepGuard(cfg.guard)
         self._skip_reason: str | None = None  # the guard's verdict on the step in progress
         self.stopped_early = False  # a stop request (SIGTERM to the driver) ended the run at a checkpoint
+        # The gate judges recipes whose validation is a set of inpainting clips (``.clips``); others (ProPainter's)
+        # return their own strips from ``validate`` and log their own scores.
+        clips = getattr(getattr(recipe, "validation", None), "clips", None)
+        scorer = getattr(recipe, "scorer", None)
+        if scorer is not None and ctx.is_main and clips is not None:
+            scorer = scorer.setup(ctx.device)
+        self.gate = ValidationGate(clips, scorer) if clips is not None else None
         if checkpoint is not None:
             self._restore(checkpoint)
         # Decided once, on every rank alike, so all ranks crash together and a relaunch does not crash again.
@@ -186,6 +200,8 @@ class TrainLoop:
         step_start = time.perf_counter()
         bar = tqdm(total=cfg.optim.max_steps, initial=p.step, desc=f"train {cfg.run_name}",
                    disable=not self.ctx.is_main, dynamic_ncols=True)
+        if self.gate is not None and p.step == 0:
+            self.validate(reference=True)
         while p.step < cfg.optim.max_steps and not self.stopped_early:
             for batch in self.epoch_loader(p.epoch, p.batch_in_epoch):
                 def loss_fn() -> torch.Tensor:
@@ -225,11 +241,13 @@ class TrainLoop:
                     self.logger.log_metrics(metrics, step=p.step)
                 last = p.step >= cfg.optim.max_steps
                 saved = last or p.step % cfg.checkpointing.every_n_steps == 0
-                if saved:
-                    self.save(metrics)
                 every = cfg.validation.every_n_steps
-                if every is not None and (last or p.step % every == 0):
-                    self.validate()
+                # Validated before the checkpoint, so its report (what Tune and ASHA judge) carries the scores.
+                validated = self.validate() if every is not None and (saved or p.step % every == 0) else {}
+                if saved:
+                    self.save({**metrics, **validated})
+                elif validated:
+                    self._report({**metrics, **validated, "step": p.step}, None, None)
                 self._maybe_inject_failure()
                 step_start = time.perf_counter()
                 if not last and self._stop_requested():
@@ -294,6 +312,8 @@ class TrainLoop:
             self.engine.save_state(directory, self.ctx)
             atomic_save(capture_rng(self.noise), rng_file(directory, self.ctx.rank))
             if self.ctx.is_main:
+                if self.gate is not None:
+                    self.gate.save(directory)
                 atomic_write_text(yaml.safe_dump(dump_config(self.cfg), sort_keys=False), directory / CONFIG_FILE)
                 if self.logger.run_id is not None and self.logger.tracking_uri is not None:
                     write_run_id(directory, self.logger.run_id, self.logger.tracking_uri)
@@ -304,13 +324,17 @@ class TrainLoop:
         if self.ctx.is_main:
             mark_complete(self.cfg.run_dir / checkpoint_dir_name(step), self.progress)
 
-    def _report(self, metrics: dict, directory: Path, name: str) -> None:
+    def _report(self, metrics: dict, directory: Path | None, name: str | None) -> None:
+        """Report ``metrics`` to Ray Train with the checkpoint in ``directory`` (None: metrics only)."""
         if self.ctx.in_ray:
             import ray.train
 
+            if directory is None:
+                ray.train.report(metrics)
+                return
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
                              checkpoint_dir_name=name)
-        else:
+        elif directory is not None:
             # Outside Ray Train (a single process: tests, debugging) the run folder is written directly.
             target = self.cfg.run_dir / name
             shutil.rmtree(target, ignore_errors=True)
@@ -318,6 +342,8 @@ class TrainLoop:
 
     def _restore(self, checkpoint: Path) -> None:
         self.engine.load_state(checkpoint)
+        if self.gate is not None and not self.gate.load(checkpoint):
+            tqdm.write("warning: the checkpoint holds no validation reference; validation reports no deltas")
         self.progress = TrainingProgress.from_file(checkpoint / PROGRESS_FILE)
         self.guard.load_state_dict(self.progress.guard)
         rng = rng_file(checkpoint, self.ctx.rank)
@@ -340,24 +366,36 @@ class TrainLoop:
         raise InjectedFailure(f"failure.inject_at_step={self.progress.step}: simulated worker crash (drill)")
 
     # -- validation and the end --------------------------------------------------------------------------------
-    def validate(self) -> None:
-        """Rank 0 inpaints the validation clips and logs them; under ZeRO-3 every rank runs the pipeline (its
-        forward hooks are collectives), inside one gather of the full weights."""
+    def validate(self, reference: bool = False) -> dict[str, float]:
+        """Rank 0 inpaints the validation clips and judges them (:class:`ValidationGate`); under ZeRO-3 every rank
+        runs the pipeline (its forward hooks are collectives), inside one gather of the full weights.
+
+        ``reference``: the weights are the start weights (step 0): keep their outputs as the reference. Returns the
+        scores to report (rank 0; empty elsewhere), after logging them, the strips and GIFs to MLflow.
+        """
         step = self.progress.step
         self.engine.model.eval()
         try:
             with self.engine.full_weights(), torch.no_grad():
                 run_here = self.ctx.is_main or self.engine.shards_parameters
-                videos = self.recipe.validate(step) if run_here else {}
+                outputs = self.recipe.validate(step) if run_here else {}
         finally:
             self.engine.model.train()
-        if not self.ctx.is_main or not videos:
-            return
+        if not self.ctx.is_main or not outputs:
+            return {}
+        if reference:
+            scores = self.gate.set_reference(outputs)
+            self.logger.log_metrics(scores, step=step)
+            return scores
+        scores, videos = self.gate.judge(outputs) if self.gate is not None else ({}, outputs)
+        if scores:
+            self.logger.log_metrics(scores, step=step)
         self.logger.log_images({name: video_grid(frames) for name, frames in videos.items()}, step=step)
         with tempfile.TemporaryDirectory(prefix="vipo-val-") as tmp:
             for name, frames in videos.items():
                 _write_gif(frames, Path(tmp) / f"{name}_step{step:07d}.gif")
             self.logger.log_artifact(tmp, "validation")
+        return scores
 
     def _export(self) -> Path:
         """Export the final checkpoint (as ``vipo export`` would) and log it as the MLflow artifact ``model``."""
@@ -369,9 +407,10 @@ class TrainLoop:
         return out
 
 
-def run_recipe(recipe_cls: type[Recipe], config: dict) -> None:
+def run_recipe(recipe_cls: type[Recipe], config: dict, scorer: ClipScorer | None = None) -> None:
     """The body of every recipe's Ray Train function: validate, restore, setup → train → cleanup. It resumes from
-    the newest complete checkpoint of Ray's record and the run folder's (:func:`resume_checkpoint`)."""
+    the newest complete checkpoint of Ray's record and the run folder's (:func:`resume_checkpoint`). ``scorer``
+    judges the validation clips (see :mod:`vipo.train.validation`)."""
     import ray.train
 
     cfg = validate_config(recipe_cls.config_class, config, "<train config>")
@@ -379,6 +418,7 @@ def run_recipe(recipe_cls: type[Recipe], config: dict) -> None:
     ray_checkpoint = ray.train.get_checkpoint()
     seed_global_rngs(cfg.seed, ctx.rank)  # setup's draws (model init) repeat too
     recipe = recipe_cls(cfg, ctx)
+    recipe.scorer = scorer
     try:
         with ray_checkpoint.as_directory() if ray_checkpoint else contextlib.nullcontext() as directory:
             recipe.setup(resume_checkpoint(cfg.run_dir, directory))

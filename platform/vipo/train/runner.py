@@ -9,6 +9,7 @@ next step boundary and raises :class:`vipo.train.preemption.Preempted` (:mod:`vi
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING, Sequence
 
 from vipo.config import dump_config
@@ -17,6 +18,7 @@ from vipo.train.checkpointing import PROGRESS_FILE, TrainingProgress, resume_che
 from vipo.train.config import TrainConfig
 from vipo.train.preemption import Preempted, stop_on_sigterm
 from vipo.train.recipes import get_recipe, recipe_module
+from vipo.train.validation import ClipScorer
 
 if TYPE_CHECKING:
     from ray.train import Result, UserCallback
@@ -25,15 +27,17 @@ if TYPE_CHECKING:
 __all__ = ["build_trainer", "fit"]
 
 
-def build_trainer(cfg: TrainConfig, callbacks: Sequence["UserCallback"] = ()) -> "TorchTrainer":
+def build_trainer(cfg: TrainConfig, callbacks: Sequence["UserCallback"] = (),
+                  scorer: ClipScorer | None = None) -> "TorchTrainer":
     """``TorchTrainer(recipe.train_fn, ScalingConfig, RunConfig(storage_path=output_dir, name=run name,
     CheckpointConfig(num_to_keep=K), FailureConfig(max_failures)))`` for ``cfg``; ``callbacks`` go to the
-    ``RunConfig`` (a Tune trial passes ``TuneReportCallback`` so each training report reaches Tune)."""
+    ``RunConfig`` (a Tune trial passes ``TuneReportCallback`` so each training report reaches Tune); ``scorer``
+    (not set up yet) travels to the workers with the training function and judges validation clips."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     return TorchTrainer(
-        recipe_module(cfg.recipe).train_fn,
+        partial(recipe_module(cfg.recipe).train_fn, scorer=scorer),
         train_loop_config=dump_config(cfg),
         scaling_config=ScalingConfig(
             num_workers=cfg.scaling.num_workers,
@@ -50,7 +54,7 @@ def build_trainer(cfg: TrainConfig, callbacks: Sequence["UserCallback"] = ()) ->
     )
 
 
-def fit(cfg: TrainConfig, callbacks: Sequence["UserCallback"] = ()) -> "Result":
+def fit(cfg: TrainConfig, callbacks: Sequence["UserCallback"] = (), scorer: ClipScorer | None = None) -> "Result":
     """Start or join Ray (``cfg.ray``), then train; raises ``ray.train.TrainingFailedError`` when the workers
     fail more than ``failure.max_failures`` times, :class:`Preempted` when SIGTERM stopped the run at a
     checkpoint (relaunch to resume either way)."""
@@ -58,7 +62,7 @@ def fit(cfg: TrainConfig, callbacks: Sequence["UserCallback"] = ()) -> "Result":
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     get_recipe(cfg.recipe).prepare(cfg)
     with stop_on_sigterm(cfg.run_dir, cfg.failure.preemption_grace_s) as signalled:
-        result = build_trainer(cfg, callbacks).fit()
+        result = build_trainer(cfg, callbacks, scorer).fit()
     if signalled.is_set():
         latest = resume_checkpoint(cfg.run_dir, None)
         step = TrainingProgress.from_file(latest / PROGRESS_FILE).step if latest else 0

@@ -26,6 +26,7 @@ from vipo.pipelines.propainter import WEIGHT_FILES
 from vipo.train.checkpointing import WEIGHTS_DIR
 from vipo.train.engine import WorkerContext, build_engine
 from vipo.train.loop import TrainLoop, run_recipe
+from vipo.train.validation import ClipScorer
 from vipo.train.propainter import (
     ProPainterTrainConfig,
     batch_flows,
@@ -137,6 +138,7 @@ class FlowCompletionRecipe:
             torch.cuda.empty_cache()
 
 
-def train_fn(config: dict) -> None:
-    """The function Ray Train runs on every worker."""
-    run_recipe(FlowCompletionRecipe, config)
+def train_fn(config: dict, scorer: ClipScorer | None = None) -> None:
+    """The function Ray Train runs on every worker (``scorer``: see :mod:`vipo.train.validation`; this recipe
+    scores its own validation, so it goes unused)."""
+    run_recipe(FlowCompletionRecipe, config, scorer)

@@ -40,6 +40,7 @@ from vipo.train.checkpointing import WEIGHTS_DIR
 from vipo.train.config import OptimSettings
 from vipo.train.engine import WorkerContext
 from vipo.train.loop import TrainLoop, run_recipe
+from vipo.train.validation import ClipScorer
 from vipo.train.propainter import (
     ProPainterTrainConfig,
     batch_flows,
@@ -212,6 +213,7 @@ class ProPainterRecipe:
             torch.cuda.empty_cache()
 
 
-def train_fn(config: dict) -> None:
-    """The function Ray Train runs on every worker."""
-    run_recipe(ProPainterRecipe, config)
+def train_fn(config: dict, scorer: ClipScorer | None = None) -> None:
+    """The function Ray Train runs on every worker (``scorer``: see :mod:`vipo.train.validation`; this recipe
+    scores its own validation, so it goes unused)."""
+    run_recipe(ProPainterRecipe, config, scorer)

@@ -32,6 +32,7 @@ from vipo.train.diffueraser import (
 )
 from vipo.train.engine import build_engine
 from vipo.train.loop import TrainLoop, run_recipe
+from vipo.train.validation import ClipScorer
 
 __all__ = ["Stage1Config", "Stage1Recipe", "train_fn"]
 
@@ -87,6 +88,6 @@ class Stage1Recipe(DiffuEraserRecipe):
             shutil.copytree(checkpoint / WEIGHTS_DIR / name, out_dir / name, dirs_exist_ok=True)
 
 
-def train_fn(config: dict) -> None:
-    """The function Ray Train runs on every worker."""
-    run_recipe(Stage1Recipe, config)
+def train_fn(config: dict, scorer: ClipScorer | None = None) -> None:
+    """The function Ray Train runs on every worker (``scorer``: see :mod:`vipo.train.validation`)."""
+    run_recipe(Stage1Recipe, config, scorer)

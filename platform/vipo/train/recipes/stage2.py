@@ -34,6 +34,7 @@ from vipo.train.diffueraser import (
 from vipo.train.engine import build_engine
 from vipo.train.export import MOTION_ADAPTER_DIR
 from vipo.train.loop import TrainLoop, run_recipe
+from vipo.train.validation import ClipScorer
 
 __all__ = ["Stage2Config", "Stage2Recipe", "train_fn"]
 
@@ -96,6 +97,6 @@ class Stage2Recipe(DiffuEraserRecipe):
         shutil.copytree(motion, out_dir / MOTION_ADAPTER_DIR, dirs_exist_ok=True)
 
 
-def train_fn(config: dict) -> None:
-    """The function Ray Train runs on every worker."""
-    run_recipe(Stage2Recipe, config)
+def train_fn(config: dict, scorer: ClipScorer | None = None) -> None:
+    """The function Ray Train runs on every worker (``scorer``: see :mod:`vipo.train.validation`)."""
+    run_recipe(Stage2Recipe, config, scorer)

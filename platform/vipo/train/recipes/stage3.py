@@ -6,7 +6,8 @@ a frozen copy) once under ``no_grad``; the loss (``loss.kind``, :mod:`vipo.losse
 Every loss statistic goes to MLflow each step as ``dpo/<name>`` (``dpo/dgr`` is β′σ(β′s), the analytic DPO
 weight); the shared loop's ``grad_norm`` is the parameter-gradient norm *before* clipping. Health checks
 (:class:`vipo.losses.DPOHealthMonitor`) stop the run at step 0 if policy and reference disagree, and flag a
-collapsed DGR or a loss stuck at ln 2 in the log and as MLflow tags ``vipo.health.<code>``.
+collapsed DGR, a loss stuck at ln 2 or an exploded winner gap in the log, as MLflow tags ``vipo.health.<code>``
+and as the metrics ``health/<code>`` (0/1) that Tune's health stopper reads.
 
 Tuning scope, reference and starting weights: :mod:`vipo.train.dpo_models`. The SFT-only control is
 ``loss.alpha: [0, 0, 0]`` with a non-zero ``loss.rho``.
@@ -36,7 +37,7 @@ from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from vipo.data import MANIFEST_NAME, DPODataConfig, DPODataset
-from vipo.losses import DPOHealthMonitor, DPOLossConfig, RegionRegDPOLossConfig, compute_dpo_loss, summarize_stats
+from vipo.losses import HEALTH_CODES, DPOHealthMonitor, DPOLossConfig, RegionRegDPOLossConfig, compute_dpo_loss, summarize_stats
 from vipo.models.diffueraser_weights import DiffuEraserWeights
 from vipo.train.checkpointing import WEIGHTS_DIR
 from vipo.train.config import TrainConfig, ValidationSettings
@@ -53,6 +54,7 @@ from vipo.train.dpo_models import (
 from vipo.train.dpo_step import inversion_noise, pair_predictions, preference_inputs
 from vipo.train.engine import WorkerContext, build_engine
 from vipo.train.loop import TrainLoop, run_recipe
+from vipo.train.validation import ClipScorer
 
 __all__ = ["ShardValidationClips", "Stage3Config", "Stage3Recipe", "train_fn"]
 
@@ -95,7 +97,7 @@ class Stage3Config(TrainConfig):
 
 class ShardValidationClips(ValidationClips):
     """The shared validation (:class:`ValidationClips`) on the first ``settings.num_videos`` preference clips:
-    their ground-truth frames and stored holes, at the stored size."""
+    their ground-truth frames and stored holes, at the stored size. The recipe holds them out of training."""
 
     def __init__(self, dataset: DPODataset, settings: ValidationSettings):
         self.settings = settings
@@ -131,7 +133,11 @@ class Stage3Recipe(DiffuEraserRecipe):
                                          self.engine.input_dtype)
         self.health = DPOHealthMonitor(dpo_active=cfg.loss.has_dpo_term, identical_start=cfg.reference.path is None)
         dataset = DPODataset(cfg.data, self.frozen.tokenizer)
-        self.validation = ShardValidationClips(dataset, cfg.validation) if cfg.validation.every_n_steps else None
+        self.validation = None
+        if cfg.validation.every_n_steps:
+            self.validation = ShardValidationClips(dataset, cfg.validation)
+            # Held out: a score on clips the policy trained on would reward memorising them.
+            dataset.rows = dataset.rows[len(self.validation.clips):]
         # Last: the loop opens the MLflow run, which should not outlive a failed setup.
         self.loop = TrainLoop(self, cfg, ctx, self.engine, dataset, checkpoint=checkpoint,
                               loader_workers=cfg.loader_workers)
@@ -151,7 +157,9 @@ class Stage3Recipe(DiffuEraserRecipe):
                 self.frozen.scheduler.alphas_cumprod,
             )
         self._check_health(stats)
-        return loss, summarize_stats(stats, prefix="dpo/")
+        # Reported with every checkpoint, so a Tune stopper can end a trial the monitor flagged.
+        flags = {f"health/{code}": float(self.health.flagged(code)) for code in HEALTH_CODES}
+        return loss, {**summarize_stats(stats, prefix="dpo/"), **flags}
 
     def _check_health(self, stats: dict[str, torch.Tensor]) -> None:
         """Once per optimiser step (its first micro-batch); raises ``DPOHealthError`` at step 0 on a setup bug."""
@@ -173,6 +181,6 @@ class Stage3Recipe(DiffuEraserRecipe):
         export_policy(cfg.model, cfg.tuning, checkpoint / WEIGHTS_DIR, out_dir)
 
 
-def train_fn(config: dict) -> None:
-    """The function Ray Train runs on every worker."""
-    run_recipe(Stage3Recipe, config)
+def train_fn(config: dict, scorer: ClipScorer | None = None) -> None:
+    """The function Ray Train runs on every worker (``scorer``: see :mod:`vipo.train.validation`)."""
+    run_recipe(Stage3Recipe, config, scorer)

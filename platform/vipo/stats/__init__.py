@@ -1,0 +1,5 @@
+"""Statistics shared by evaluation and the Tune confirmation: paired per-clip deltas with bootstrap intervals."""
+
+from vipo.stats.paired import PairedDelta, paired_delta
+
+__all__ = ["PairedDelta", "paired_delta"]
