@@ -439,18 +439,19 @@ def test_config_selects_variant_by_kind():
     [
         ({"kind": "ipo"}, "loss"),
         ({"beta": 500}, "loss"),
-        ({"kind": "region_reg_dpo", "alpha": [1, -1, 0]}, "loss.region_reg_dpo.alpha.1"),
+        ({"kind": "region_reg_dpo", "alpha": [1, -1, 0]}, "loss.alpha.1"),
         ({"kind": "region_reg_dpo", "alpha": [1, 1.5, 0]},
-         r"loss.region_reg_dpo: Value error, alpha \[1.0, 1.5, 0.0\]: alpha_c = 0 leaves the context out"),
-        ({"kind": "region_reg_dpo", "rho": [1, 2]}, "loss.region_reg_dpo.rho"),
-        ({"kind": "region_reg_dpo", "beta": 0}, "loss.region_reg_dpo.beta"),
-        ({"kind": "region_reg_dpo", "timestep_weighting": "elbo"}, "loss.region_reg_dpo.timestep_weighting"),
-        ({"kind": "log_ratio", "region_weights": [0, 0, 0]}, "loss.log_ratio"),
-        ({"kind": "log_ratio", "eps": 0}, "loss.log_ratio.eps"),
-        ({"kind": "log_ratio", "tau": 1.0}, "loss.log_ratio.tau"),
+         r"loss: Value error, alpha \[1.0, 1.5, 0.0\]: alpha_c = 0 leaves the context out"),
+        ({"kind": "region_reg_dpo", "rho": [1, 2]}, "loss.rho"),
+        ({"kind": "region_reg_dpo", "beta": 0}, "loss.beta"),
+        ({"kind": "region_reg_dpo", "timestep_weighting": "elbo"}, "loss.timestep_weighting"),
+        ({"kind": "log_ratio", "region_weights": [0, 0, 0]}, "loss: "),
+        ({"kind": "log_ratio", "eps": 0}, "loss.eps"),
+        ({"kind": "log_ratio", "tau": 1.0}, "loss.tau"),
     ],
 )
 def test_config_rejects_bad_values(loss, key):
+    """Keys as the user writes them: the union's tag (``kind``) is not part of the path."""
     with pytest.raises(ConfigError, match=f"job.yaml: {key}"):
         validate_config(TrainerStub, {"loss": loss}, source="job.yaml")
 
