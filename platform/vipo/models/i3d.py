@@ -168,5 +168,5 @@ def load_i3d(path: str | Path) -> InceptionI3d:
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise ValueError(f"{path}: not an RGB I3D state_dict: {err}") from None
+        raise ValueError(f"{path}: not an RGB I3D state_dict: {' '.join(str(err).split())}") from None
     return model.eval().requires_grad_(False)
