@@ -35,7 +35,7 @@ from evaluation.results import MethodResult
 from evaluation.scoring import METRICS
 from vipo.generate.candidates import hard_composite
 
-__all__ = ["Report", "build_report"]
+__all__ = ["Report", "build_report", "mask_overlay"]
 
 _MIN_CELL_HEIGHT = 96
 _HEADER_PX = 14
@@ -150,7 +150,7 @@ def _scatter(path: Path, baseline: MethodResult, candidate: MethodResult, metric
 
 # --- side-by-side strips -------------------------------------------------------------------------------------------
 
-def _mask_overlay(frames: np.ndarray, hole: np.ndarray) -> np.ndarray:
+def mask_overlay(frames: np.ndarray, hole: np.ndarray) -> np.ndarray:
     tinted = frames.astype(np.float32) * 0.5 + _HOLE_TINT * 0.5
     return np.where(hole[..., None], tinted, frames).astype(np.uint8)
 
@@ -158,7 +158,7 @@ def _mask_overlay(frames: np.ndarray, hole: np.ndarray) -> np.ndarray:
 def _columns(benchmark: Benchmark, clip_id: str, results: list[MethodResult]) -> list[tuple[str, np.ndarray]]:
     """(title, uint8 (F,H,W,3)) columns: GT, the hole on GT, each method's hard composite."""
     frames, hole = benchmark.load_clip(clip_id)
-    columns = [("GT", frames), ("mask", _mask_overlay(frames, hole))]
+    columns = [("GT", frames), ("mask", mask_overlay(frames, hole))]
     for result in results:
         with np.load(result.predictions_dir / f"{clip_id}.npz") as data:
             columns.append((result.label, hard_composite(frames, data["frames"], hole)))
