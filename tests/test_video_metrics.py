@@ -176,3 +176,28 @@ def test_vlm_scorer_is_off_by_default_and_validated():
     assert ScoringConfig().hallucination.kind == "prior_difference"
     with pytest.raises(ConfigError, match="model_path"):
         validate_config(ScoringConfig, {"hallucination": {"kind": "vlm", "model_path": "/no/such/vlm"}}, "x.yaml")
+
+
+@pytest.mark.parametrize("net_name", ["alex", "vgg"])
+@pytest.mark.parametrize("region", ["hole", "frame"])
+def test_cropped_lpips_equals_the_packages_whole_frame_map(net_name, region):
+    """LPIPS runs only on the hole's box plus the receptive field; the package's spatial map on the whole frame,
+    averaged over the same pixels, is the independent reference (odd sizes, holes near the edge, two frames)."""
+    from evaluation.metrics import get_lpips, masked_lpips
+
+    net = get_lpips(net_name, allow_random_backbone=True)
+    generator = torch.Generator().manual_seed(0)
+    target = torch.rand(1, 2, 3, 97, 203, generator=generator)
+    hole = torch.zeros(1, 2, 1, 97, 203)
+    hole[0, 0, :, 40:70, 150:190] = 1
+    hole[0, 1, :, 3:20, 0:30] = 1
+    composite = torch.where(hole > 0, torch.rand(target.shape, generator=generator), target)
+    spatial = net.spatial
+    net.spatial = True
+    with torch.no_grad():
+        whole = net(composite[0], target[0], normalize=True)
+    net.spatial = spatial
+    scored = hole[0] if region == "hole" else torch.ones_like(hole[0])
+    expected = ((whole * scored).sum(dim=(1, 2, 3)) / scored.sum(dim=(1, 2, 3))).mean()
+    ours = masked_lpips(composite, target, hole, net, region=region)
+    assert ours.item() == pytest.approx(expected.item(), rel=1e-5)

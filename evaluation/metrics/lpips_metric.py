@@ -194,6 +194,20 @@ def _bilinear_rows(layer: _LayerGeometry, full: int, first: int, last: int, crop
     return rows.to(like.dtype)
 
 
+def _reached_rows(geometry: list[_LayerGeometry], full: int, first: int, last: int) -> tuple[int, int]:
+    """The output rows whose map can be non-zero when inputs differ only in rows ``first..last-1``: those whose
+    bilinear upsampling reads, in some layer, a feature whose receptive field overlaps those rows."""
+    rows = torch.arange(full, dtype=torch.float64)
+    reached = torch.zeros(full, dtype=torch.bool)
+    for layer in geometry:
+        features = layer.size(full)
+        low = max(0, -(-(first - layer.start - layer.field + 1) // layer.jump))
+        high = min(features - 1, (last - 1 - layer.start) // layer.jump)
+        source = ((rows + 0.5) * (features / full) - 0.5).clamp(min=0).floor()
+        reached |= (source >= low - 1) & (source <= high)
+    return _span(reached) or (0, 0)
+
+
 def _needed_input(geometry: list[_LayerGeometry], full: int, first: int, last: int) -> tuple[int, int]:
     """The input span whose features every layer's upsampling reads for output rows ``first..last-1``, its start
     aligned to the largest stride so the crop's feature grid is a sub-grid of the whole frame's."""
@@ -219,14 +233,14 @@ def _scored_map_sums(net: lpips.LPIPS, geometry: list[_LayerGeometry], pred: Ten
     whole frame's bilinear weights: the values equal the whole-frame map's (tested), at a fraction of the cost.
     """
     n, _, h, w = pred.shape
-    reach = geometry[-1].field + 2 * geometry[-1].jump
     spans = []
     for axis, full in ((1, h), (2, w)):
         scored_span = _span(scored.amax(dim=(0, 3 - axis)) > 0)
         differing = _span(differs.amax(dim=(0, 3 - axis)))
         if scored_span is None or differing is None:
             return scored.new_zeros(n)
-        first, last = max(scored_span[0], differing[0] - reach), min(scored_span[1], differing[1] + reach)
+        reached = _reached_rows(geometry, full, *differing)
+        first, last = max(scored_span[0], reached[0]), min(scored_span[1], reached[1])
         if first >= last:
             return scored.new_zeros(n)
         spans.append((first, last, *_needed_input(geometry, full, first, last)))
