@@ -30,8 +30,11 @@ from evaluation.scoring import METRICS, ScoringConfig, random_networks
 from evaluation.stage import EvaluateStage
 from vipo.config import ConfigError, config_hash
 from vipo.tracking import init_ray, resolve_tracking_uri, run_identity
+from vipo.train.checkpointing import atomic_write_text
 
 __all__ = ["Evaluation", "compare", "evaluate", "scoring_hash"]
+
+TRACKING_RECORD = "tracking.json"
 
 
 @dataclass
@@ -114,6 +117,10 @@ def evaluate(config: EvaluateConfig) -> Evaluation:
 
     tracking_uri = resolve_tracking_uri(config.tracking, output_dir) if config.tracking.enabled else None
     experiment, artifact_root = config.tracking.experiment, output_dir / "mlartifacts"
+    if tracking_uri:
+        # `vipo evaluate compare --output-dir D` finds the runs of this evaluation wherever they were logged.
+        atomic_write_text(json.dumps({"tracking_uri": tracking_uri, "experiment": experiment}, indent=2),
+                          output_dir / TRACKING_RECORD)
     tags = run_identity(config)
     if tracking_uri:
         for method, result in zip(config.methods.values(), results):
@@ -136,15 +143,25 @@ def evaluate(config: EvaluateConfig) -> Evaluation:
     return Evaluation(benchmark, ordered, report)
 
 
+def _recorded_tracking(config: CompareConfig, output_dir: Path) -> tuple[str, str]:
+    """The tracking URI and experiment to read: the config's or the environment's when given, else the ones the
+    evaluation in ``output_dir`` recorded, else the embedded sqlite default there."""
+    record = output_dir / TRACKING_RECORD
+    if config.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or not record.is_file():
+        return resolve_tracking_uri(config.tracking, output_dir), config.tracking.experiment
+    recorded = json.loads(record.read_text())
+    return recorded["tracking_uri"], recorded["experiment"]
+
+
 def compare(config: CompareConfig) -> Report:
     """Rebuild the comparison report of ``config.benchmark`` (name or hash) from its MLflow runs."""
     if config.output_dir is None and not (config.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
         raise ConfigError("compare: pass --output-dir (the evaluation's output_dir, which holds mlflow.db) or set "
                           "MLFLOW_TRACKING_URI / tracking.tracking_uri")
     output_dir = config.output_dir or Path.cwd()
-    tracking_uri = resolve_tracking_uri(config.tracking, output_dir)
+    tracking_uri, experiment = _recorded_tracking(config, output_dir)
     try:
-        runs = find_benchmark_runs(tracking_uri, config.tracking.experiment, config.benchmark)
+        runs = find_benchmark_runs(tracking_uri, experiment, config.benchmark)
     except LookupError as err:
         raise ConfigError(str(err)) from None
     labels = [r.label for r in runs.results]
@@ -164,7 +181,7 @@ def compare(config: CompareConfig) -> Report:
                           results=runs.results, baseline=baseline, metrics=metrics, config=config.report,
                           benchmark=benchmark, seed=config.seed, notes=notes,
                           random_networks=random_networks(_stored_identity(tracking_uri, runs.results)))
-    log_compare_run(tracking_uri, config.tracking.experiment, output_dir / "mlartifacts",
+    log_compare_run(tracking_uri, experiment, output_dir / "mlartifacts",
                     benchmark_name=runs.benchmark_name, benchmark_hash=runs.benchmark_hash,
                     scoring_hash=runs.scoring_hash, baseline=baseline, report_dir=report.folder,
                     metrics=report.delta_metrics(), tags={"vipo.config_hash": config_hash(config)})

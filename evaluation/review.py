@@ -19,7 +19,6 @@ import html
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -29,12 +28,13 @@ from PIL import Image
 from pydantic import AfterValidator, Field
 
 from evaluation.benchmark import Benchmark
+from evaluation.job import _recorded_tracking
 from evaluation.paired import bootstrap_interval
 from evaluation.report import mask_overlay
 from evaluation.runs import find_benchmark_runs, log_review
 from vipo.config import Config, ConfigError, TrackingConfig
 from vipo.generate.candidates import hard_composite
-from vipo.tracking import resolve_tracking_uri
+from vipo.train.checkpointing import atomic_write_text
 
 __all__ = ["ReviewConfig", "ReviewImportConfig", "ReviewResult", "import_review", "write_review"]
 
@@ -69,21 +69,12 @@ class ReviewImportConfig(Config):
     tracking: TrackingConfig = TrackingConfig()
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w") as file:
-        file.write(text)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
-
-
-def _tracking_uri(tracking: TrackingConfig, output_dir: Path | None, command: str) -> str:
-    if output_dir is None and not (tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+def _tracking(config: ReviewConfig | ReviewImportConfig, command: str) -> tuple[str, str]:
+    """The tracking URI and experiment of the evaluation, found the way ``vipo evaluate compare`` finds them."""
+    if config.output_dir is None and not (config.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
         raise ConfigError(f"{command}: pass --output-dir (the evaluation's output_dir, which holds mlflow.db) or set "
                           "MLFLOW_TRACKING_URI / tracking.tracking_uri")
-    return resolve_tracking_uri(tracking, output_dir or Path.cwd())
+    return _recorded_tracking(config, config.output_dir or Path.cwd())
 
 
 def _save_gif(path: Path, video: np.ndarray) -> None:
@@ -98,9 +89,9 @@ def write_review(config: ReviewConfig) -> Path:
     """Write the blinded review page of ``config.a`` vs ``config.b`` → its ``index.html``."""
     if config.a == config.b:
         raise ConfigError(f"review: --a and --b are the same method {config.a!r}")
-    tracking_uri = _tracking_uri(config.tracking, config.output_dir, "review")
+    tracking_uri, experiment = _tracking(config, "review")
     try:
-        runs = find_benchmark_runs(tracking_uri, config.tracking.experiment, config.benchmark)
+        runs = find_benchmark_runs(tracking_uri, experiment, config.benchmark)
     except LookupError as err:
         raise ConfigError(str(err)) from None
     results = {r.label: r for r in runs.results}
@@ -134,9 +125,9 @@ def write_review(config: ReviewConfig) -> Path:
         clips.append({"clip_id": clip_id, "left": "a" if a_on_left else "b"})
     key = {"review_id": review_id, "benchmark": benchmark.name, "benchmark_hash": benchmark.hash,
            "a": config.a, "b": config.b, "seed": config.seed, "clips": clips}
-    _atomic_text(folder / "key.json", json.dumps(key, indent=1))
+    atomic_write_text(json.dumps(key, indent=1), folder / "key.json")
     page = folder / "index.html"
-    _atomic_text(page, _page(review_id, [c["clip_id"] for c in clips]))
+    atomic_write_text(_page(review_id, [c["clip_id"] for c in clips]), page)
     print(f"review page: {page}  ({len(clips)} clips; the key is {folder / 'key.json'}: do not show it)")
     return page
 
@@ -238,6 +229,8 @@ class ReviewResult:
     rates: dict[str, tuple[float, float, float]]
     """``a_preferred``/``b_preferred``/``tie``/``a_win_rate`` → (rate, interval low, interval high)."""
     choices: list[dict]
+    results_file: Path
+    """The unblinded choices and rates, next to the review's key."""
 
     def metrics(self) -> dict[str, float]:
         prefix = f"review.{self.a}_vs_{self.b}"
@@ -284,13 +277,14 @@ def import_review(config: ReviewImportConfig) -> ReviewResult:
         values = values.astype(np.float64)
         low, high = bootstrap_interval(values, samples=config.bootstrap_samples, confidence=config.confidence)
         rates[name] = (float(values.mean()), low, high)
-    result = ReviewResult(review_id, key["a"], key["b"], len(unblinded), rates, unblinded)
+    result = ReviewResult(review_id, key["a"], key["b"], len(unblinded), rates, unblinded,
+                          key_path.parent / "results.json")
     summary = json.dumps({"review_id": review_id, "a": key["a"], "b": key["b"], "judged": result.judged,
                           "rates": rates, "choices": unblinded}, indent=1)
-    _atomic_text(key_path.parent / "results.json", summary)
-    tracking_uri = _tracking_uri(config.tracking, config.output_dir, "review-import")
+    atomic_write_text(summary, result.results_file)
+    tracking_uri, experiment = _tracking(config, "review-import")
     try:
-        run_id = log_review(tracking_uri, config.tracking.experiment, key["benchmark_hash"], result.metrics(),
+        run_id = log_review(tracking_uri, experiment, key["benchmark_hash"], result.metrics(),
                             summary, f"reviews/{review_id}.json")
     except LookupError as err:
         raise ConfigError(f"review-import: {err}") from None

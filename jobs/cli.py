@@ -7,12 +7,19 @@ Job modules are imported lazily so ``vipo --help`` stays instant and a bad confi
 from __future__ import annotations
 
 import importlib
+import os
+import tempfile
+import time
+import traceback
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+import yaml
 
 from vipo.config import ConfigError
+from vipo.data.errors import DataError
+from vipo.tracking.ray_session import VERBOSE_ENV
 
 app = typer.Typer(
     help="vipo: Video Inpainting Preference Optimization — generate preference data, train, tune, evaluate.",
@@ -21,17 +28,83 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+@app.callback()
+def main(
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="Show Ray's worker output, Tune's status tables and library warnings."),
+) -> None:
+    """vipo: Video Inpainting Preference Optimization — generate preference data, train, tune, evaluate."""
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+
+
 CONFIG_HELP = "YAML config (see jobs/configs/)."
 OVERRIDES_HELP = "Dotted key=value overrides, e.g. data.nframes=10 seed=3."
 
 
+# The top-level key that only one command's configs have, to name the command a config was written for.
+KIND_MARKERS = {"generate": "kinds", "train": "recipe", "tune": "rounds", "evaluate": "methods"}
+
+
+def _check_kind(command: str, config: Path | None) -> None:
+    """A config of another command fails with that command's name, not with its missing keys."""
+    if config is None or not config.is_file():
+        return
+    try:
+        keys = set(yaml.safe_load(config.read_text()) or {})
+    except (yaml.YAMLError, TypeError):
+        return  # load_config names the YAML problem
+    if KIND_MARKERS[command] in keys:
+        return
+    for kind, marker in KIND_MARKERS.items():
+        if marker in keys:
+            raise ConfigError(f"{config}: this is a {kind} config (it has `{marker}:`), not a {command} config; "
+                              f"run `vipo {kind} {config}`")
+
+
+def _data_error(err: BaseException) -> DataError | None:
+    """The :class:`DataError` behind ``err``, through Python's exception chain and Ray's wrappers (a task's
+    ``cause``, Ray Train's per-worker failures), or None."""
+    stack, seen = [err], set()
+    while stack:
+        error = stack.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        cause = getattr(error, "cause", None)  # RayTaskError subclasses the user's error class; its cause is clean
+        if isinstance(error, DataError) and not isinstance(cause, BaseException):
+            return error
+        stack += [error.__cause__, error.__context__, cause, getattr(error, "controller_failure", None),
+                  *(getattr(error, "worker_failures", None) or {}).values()]
+    return None
+
+
+def _write_traceback(command: str, err: BaseException) -> Path:
+    folder = Path(tempfile.gettempdir()) / "vipo-logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    path.write_text("".join(traceback.format_exception(err)))
+    return path
+
+
 def _call(module: str, *args, **kwargs) -> None:
     try:
+        if module in KIND_MARKERS:
+            _check_kind(module, args[0])
         importlib.import_module(f"jobs.{module}").run(*args, **kwargs)
     except ConfigError as err:
-        # One line, no traceback: the user fixes a key, not our code.
-        typer.echo(f"config error: {err}", err=True)
+        # One line per problem, no traceback: the user fixes keys, not our code.
+        for line in str(err).splitlines():
+            typer.echo(f"config error: {line}", err=True)
         raise typer.Exit(2) from None
+    except Exception as err:
+        # Bad input found in a Ray worker: the file and the fix on one line, Ray's traceback to a log file.
+        data_error = _data_error(err)
+        if data_error is None:
+            raise
+        message = "; ".join(line.strip() for line in str(data_error).splitlines() if line.strip())
+        typer.echo(f"data error: {message} (traceback: {_write_traceback(module, err)})", err=True)
+        raise typer.Exit(3) from None
 
 
 @app.command()

@@ -25,8 +25,11 @@ def _latest_export(run_dir: Path) -> Path:
     return exports[-1]
 
 
-def _step(title: str) -> float:
-    print(f"\n=== vipo demo: {title} ===", flush=True)
+STEPS = 8
+
+
+def _step(number: int, title: str) -> float:
+    print(f"[{number}/{STEPS}] {title}", flush=True)
     return time.perf_counter()
 
 
@@ -43,7 +46,7 @@ def run(output_dir: Path) -> None:
     init_ray(RayConfig(num_cpus=4))
     timings: dict[str, float] = {}
 
-    start = _step("weights (tiny random DiffuEraser, random ProPainter)")
+    start = _step(1, "weights (tiny random DiffuEraser, random ProPainter)")
     weights_root = out / "weights"
     marker = weights_root / ".complete"
     if not marker.exists():
@@ -52,7 +55,7 @@ def run(output_dir: Path) -> None:
     diffueraser, propainter = weights_root / "diffueraser", weights_root / "propainter"
     timings["weights"] = time.perf_counter() - start
 
-    start = _step("generate preference shards (Ray Data)")
+    start = _step(2, "generate preference shards (Ray Data)")
     generation = out / "generate"
     generate.run(
         CONFIGS / "generate_demo.yaml",
@@ -67,24 +70,24 @@ def run(output_dir: Path) -> None:
 
     train_dir = out / "train"
     common = [f"output_dir={train_dir}", f"model.weights_root={diffueraser}", *shared]
-    start = _step("train stage 1 (UNet2D + BrushNet)")
+    start = _step(3, "train stage 1 (UNet2D + BrushNet)")
     train.run(CONFIGS / "stage1_demo.yaml", [*common, f"data.sources.0.root={SAMPLE_DATA_ROOT}"])
     stage1 = _latest_export(train_dir / "stage1-demo")
     timings["stage1"] = time.perf_counter() - start
 
-    start = _step("train stage 2 (motion modules)")
+    start = _step(4, "train stage 2 (motion modules)")
     train.run(CONFIGS / "stage2_demo.yaml",
               [*common, f"data.sources.0.root={SAMPLE_DATA_ROOT}", f"model.pretrained_stage1_path={stage1}"])
     stage2 = _latest_export(train_dir / "stage2-demo")
     timings["stage2"] = time.perf_counter() - start
 
-    start = _step("train stage 3 (Region-Reg-DPO with LoRA)")
+    start = _step(5, "train stage 3 (Region-Reg-DPO with LoRA)")
     stage3_overrides = [*common, f"model.parent={stage2}", f"data.shards={generation / 'shards'}"]
     train.run(CONFIGS / "stage3_dpo_demo.yaml", stage3_overrides)
     stage3 = _latest_export(train_dir / "stage3-dpo-demo")
     timings["stage3"] = time.perf_counter() - start
 
-    start = _step("tune (one round over beta, Ray Tune)")
+    start = _step(6, "tune (one round over beta, Ray Tune)")
     tune.run(
         CONFIGS / "tune_demo.yaml",
         [f"output_dir={out / 'tune'}", f"base_config={CONFIGS / 'stage3_dpo_demo.yaml'}",
@@ -92,7 +95,7 @@ def run(output_dir: Path) -> None:
     )
     timings["tune"] = time.perf_counter() - start
 
-    start = _step("evaluate ProPainter vs DiffuEraser vs stage 3")
+    start = _step(7, "evaluate ProPainter vs DiffuEraser vs stage 3")
     evaluation = out / "evaluate"
     evaluate.run(
         CONFIGS / "eval_demo.yaml",
@@ -104,14 +107,15 @@ def run(output_dir: Path) -> None:
             f"methods.stage3.prior.weights={propainter}", *shared,
         ],
     )
-    evaluate.run(None, shared, compare="sample", output_dir=evaluation)
     timings["evaluate"] = time.perf_counter() - start
 
-    print("\n=== vipo demo: done ===")
-    for name, seconds in timings.items():
-        print(f"  {name:<9} {seconds:7.1f} s")
-    print(f"MLflow:  mlflow ui --backend-store-uri sqlite:///{out / 'mlflow.db'}")
-    print(f"Report:  {evaluation}")
+    start = _step(8, "compare (the report rebuilt from the MLflow runs alone)")
+    report = evaluate.run(None, [], compare="sample", output_dir=evaluation)
+    timings["compare"] = time.perf_counter() - start
+
+    print("done: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items()))
+    print(f"Report: {report}")
+    print(f"MLflow: mlflow ui --backend-store-uri sqlite:///{out / 'mlflow.db'}")
 
 
 if __name__ == "__main__":

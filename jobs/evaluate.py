@@ -17,10 +17,11 @@ from vipo.config import apply_overrides, load_config, validate_config
 
 def run(config_path: str | Path | None, overrides: Sequence[str], compare: str | None = None,
         output_dir: Path | None = None, review: tuple[str, str, str] | None = None,
-        review_import: Path | None = None) -> None:
+        review_import: Path | None = None) -> Path:
     """Evaluate the config's methods on its benchmark; or (``compare`` = a benchmark name or hash) re-render the
     comparison report from MLflow; or (``review`` = (benchmark, method A, method B)) write a blind review page; or
-    (``review_import`` = an exported review) unblind it. ``output_dir`` is the evaluation's output folder."""
+    (``review_import`` = an exported review) unblind it. ``output_dir`` is the evaluation's output folder. Returns
+    the page written (report or review) or, for an import, its results file."""
     from evaluation.config import CompareConfig, EvaluateConfig
     from evaluation.job import compare as compare_runs
     from evaluation.job import evaluate
@@ -31,19 +32,18 @@ def run(config_path: str | Path | None, overrides: Sequence[str], compare: str |
         data["output_dir"] = str(output_dir)
     if compare is not None:
         data["benchmark"] = compare
-        compare_runs(validate_config(CompareConfig, data, "vipo evaluate compare"))
-    elif review is not None:
+        return compare_runs(validate_config(CompareConfig, data, "vipo evaluate compare")).index
+    if review is not None:
         from evaluation.review import ReviewConfig, write_review
 
         data["benchmark"], data["a"], data["b"] = review
-        write_review(validate_config(ReviewConfig, data, "vipo evaluate review"))
-    elif review_import is not None:
+        return write_review(validate_config(ReviewConfig, data, "vipo evaluate review"))
+    if review_import is not None:
         from evaluation.review import ReviewImportConfig, import_review
 
         data["file"] = str(review_import)
-        import_review(validate_config(ReviewImportConfig, data, "vipo evaluate review-import"))
-    else:
-        evaluate(load_config(EvaluateConfig, config_path, overrides))
+        return import_review(validate_config(ReviewImportConfig, data, "vipo evaluate review-import")).results_file
+    return evaluate(load_config(EvaluateConfig, config_path, overrides)).report.index
 
 
 if __name__ == "__main__":

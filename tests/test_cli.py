@@ -10,8 +10,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from jobs.cli import app
+from jobs.cli import KIND_MARKERS, app
 
+REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ["generate", "train", "export", "tune", "evaluate", "demo"]
 
 
@@ -45,14 +46,51 @@ def test_console_script_is_installed():
     ],
 )
 def test_bad_config_exits_2_with_one_line_naming_the_key(argv, key):
-    repo = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-m", "jobs.cli", *argv], capture_output=True, text=True, cwd=repo)
+    lines = _config_errors(argv)
+    assert any(key in line for line in lines), lines
+
+
+def _config_errors(argv: list[str]) -> list[str]:
+    """Run the real CLI; it must exit 2 with nothing but ``config error: …`` lines on stderr."""
+    out = subprocess.run([sys.executable, "-m", "jobs.cli", *argv], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 2, out.stderr[-2000:]
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("config error: ") and key in lines[0], out.stderr[-2000:]
+    assert lines and all(line.startswith("config error: ") for line in lines), out.stderr[-2000:]
+    return [line.removeprefix("config error: ") for line in lines]
 
 
-REPO = Path(__file__).resolve().parents[1]
+def test_every_config_error_is_listed_with_the_closest_valid_key():
+    lines = _config_errors(["generate", "jobs/configs/generate_demo.yaml", "sampling.nframs=3", "sources.0.rot=x",
+                            "kinds.0.sed=1", "seed=-1", "clips_per_video=0", "rows_per_shard=0", "zzz=1"])
+    expected = {
+        "sampling.nframs: unknown key; did you mean sampling.nframes?",
+        "sources.0.rot: unknown key; did you mean sources.0.root?",
+        "kinds.0.sed: unknown key; did you mean kinds.0.seeds?",
+        "zzz: unknown key",
+    }
+    assert len(lines) == 7, lines
+    assert expected <= {line.split(": ", 1)[1] for line in lines}, lines
+    assert all(line.startswith("jobs/configs/generate_demo.yaml: ") for line in lines)
+    assert not any("more)" in line for line in lines)
+
+
+def test_a_key_inside_a_dict_of_tagged_unions_keeps_the_users_path():
+    lines = _config_errors(["evaluate", "jobs/configs/eval_demo.yaml", "methods.propainter.weigts=3"])
+    assert ("jobs/configs/eval_demo.yaml: methods.propainter.weigts: unknown key; "
+            "did you mean methods.propainter.weights?") in lines
+
+
+@pytest.mark.parametrize("command, config, kind", [
+    ("train", "generate_demo.yaml", "generate"),
+    ("generate", "stage1_demo.yaml", "train"),
+    ("evaluate", "tune_demo.yaml", "tune"),
+    ("tune", "eval_demo.yaml", "evaluate"),
+])
+def test_a_config_of_another_command_is_named(command, config, kind):
+    path = f"jobs/configs/{config}"
+    assert _config_errors([command, path]) == [
+        f"{path}: this is a {kind} config (it has `{KIND_MARKERS[kind]}:`), not a {command} config; "
+        f"run `vipo {kind} {path}`"]
 
 
 def test_platform_is_a_source_root_never_a_package():
@@ -118,3 +156,48 @@ def test_shipped_configs_are_job_configs_with_only_missing_paths_to_fix(path, mo
     except ValidationError as err:
         problems = [e for e in err.errors() if "path does not exist" not in e["msg"]]
         assert not problems, problems
+
+
+@pytest.mark.slow
+def test_a_corrupt_frame_found_in_a_ray_worker_is_one_line_naming_the_file(tmp_path):
+    """Stage 1 in strict mode on clips whose frames are all truncated: the Train worker's BadSample reaches the
+    terminal as one line naming a frame and the fix; Ray's traceback goes to the named log file."""
+    import shutil
+
+    source = tmp_path / "DAVIS"
+    shutil.copytree(REPO / "data" / "sample" / "DAVIS", source)
+    for frame in source.glob("JPEGImages/480p/*/*.jpg"):
+        frame.write_bytes(frame.read_bytes()[:64])
+    argv = ["train", "jobs/configs/stage1_demo.yaml", f"output_dir={tmp_path / 'out'}",
+            f"model.weights_root={tmp_path / 'weights'}", f"data.sources.0.root={source}", "data.strict=true",
+            "tracking.enabled=false"]
+    out = subprocess.run([sys.executable, "-m", "jobs.cli", *argv], capture_output=True, text=True, cwd=REPO,
+                         timeout=1200)
+    assert out.returncode == 3, out.stderr[-3000:]
+    (line,) = out.stderr.strip().splitlines()
+    assert line.startswith(f"data error: {source}/JPEGImages/480p/") and ".jpg: corrupt or truncated image" in line
+    assert "set strict: false" in line
+    log = Path(line.rsplit("(traceback: ", 1)[1].rstrip(")"))
+    assert "BadSample" in log.read_text()
+
+
+def _readme_vipo_commands() -> list[list[str]]:
+    readme = (REPO / "README.md").read_text()
+    lines = [line.strip() for block in readme.split("```")[1::2] for line in block.splitlines()[1:]]
+    return [line.split() for line in lines if line.startswith("vipo ")]
+
+
+def test_readme_config_examples_are_valid_for_the_shipped_configs(monkeypatch):
+    """The README's `vipo <command> <config> key=value ...` lines validate as written (the demo, compare and
+    `mlflow ui` lines are run by tests/test_demo.py)."""
+    from vipo.config import load_config
+
+    monkeypatch.chdir(REPO)
+    examples = [argv for argv in _readme_vipo_commands() if argv[2].endswith(".yaml")]
+    assert len(examples) >= 2, examples
+    for _, command, config, *overrides in examples:
+        path = REPO / config
+        assert KIND_MARKERS[command] in yaml.safe_load(path.read_text()), (command, config)
+        load_config(_config_class(path), path, overrides)
+    run_by_demo_test = {("demo", "--output-dir"), ("evaluate", "compare")}
+    assert {tuple(argv[1:3]) for argv in _readme_vipo_commands() if not argv[2].endswith(".yaml")} <= run_by_demo_test

@@ -90,6 +90,11 @@ def dpo_loss(predictions, inputs: PreferenceInputs):
                             predictions.ref_win, predictions.ref_lose, inputs.regions)
 
 
+def assert_same_prediction(actual: torch.Tensor, expected: torch.Tensor, atol: float = 1e-5) -> None:
+    """Equal up to kernel-choice noise (SDPA differs with and without autograd); not bit-equality."""
+    torch.testing.assert_close(actual, expected, rtol=0, atol=atol)
+
+
 def test_lora_targets_exactly_the_spatial_attention_projections(policy):
     names = lora_targets(policy)
     assert len(names) == expected_spatial_projections(TINY_UNET_CONFIG) == 128
@@ -120,13 +125,14 @@ def test_brushnet_runs_once_and_policy_equals_reference_at_start(policy):
     assert unet_calls == [2 * NUM_PAIRS * NUM_FRAMES] * 2  # the reference once, the policy once, each batched
     assert predictions.policy_win.shape == (NUM_PAIRS, NUM_FRAMES, 4, LATENT, LATENT)
     assert predictions.policy_win.requires_grad and not predictions.ref_win.requires_grad
-    # LoRA B = 0: the policy pass is bit-identical to the adapter-disabled reference pass.
-    assert torch.equal(predictions.policy_win, predictions.ref_win)
-    assert torch.equal(predictions.policy_lose, predictions.ref_lose)
-    assert not torch.equal(predictions.policy_win, predictions.policy_lose)
+    # LoRA B = 0: the policy pass equals the adapter-disabled reference pass, up to the fp32 noise of SDPA picking
+    # another kernel with autograd on (~5e-7); a live adapter or unshared noise is off by far more.
+    assert_same_prediction(predictions.policy_win, predictions.ref_win)
+    assert_same_prediction(predictions.policy_lose, predictions.ref_lose)
+    assert not torch.allclose(predictions.policy_win, predictions.policy_lose, atol=1e-2)
     loss, stats = dpo_loss(predictions, inputs)
-    assert stats["s"].eq(0).all() and float(stats["implicit_acc"]) == 0.5
-    assert loss.item() == pytest.approx(math.log(2), abs=1e-7)
+    assert stats["s"].abs().max() < 1e-4 and float(stats["implicit_acc"]) == 0.5
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
     assert DPOHealthMonitor().check(0, stats) == []
 
 
@@ -138,8 +144,8 @@ def test_bf16_autocast_keeps_policy_and_reference_identical_and_the_loss_in_fp32
         with torch.autocast("cpu", enabled=False):  # what the recipe does around the loss
             loss, stats = dpo_loss(predictions, inputs)
     assert predictions.policy_win.dtype == torch.bfloat16
-    assert torch.equal(predictions.policy_win, predictions.ref_win)
-    assert loss.dtype == torch.float32 and stats["s"].dtype == torch.float32 and stats["s"].eq(0).all()
+    assert_same_prediction(predictions.policy_win.float(), predictions.ref_win.float(), atol=2e-2)  # bf16 ulp
+    assert loss.dtype == torch.float32 and stats["s"].dtype == torch.float32 and stats["s"].abs().max() < 1e-2
 
 
 def test_step0_health_check_raises_when_noise_is_not_shared(policy):
@@ -209,7 +215,7 @@ def test_reference_with_separate_weights_runs_on_its_own_brushnet_and_offloads(p
     for brushnet in (policy.brushnet, frozen_copy.brushnet):
         brushnet.register_forward_hook(lambda module, args, output: calls.append(module))
     predictions = pair_predictions(policy, policy, reference, synthetic_pairs(), SCHEDULER, torch.float32)
-    assert torch.equal(predictions.policy_win, predictions.ref_win)
+    assert_same_prediction(predictions.policy_win, predictions.ref_win)
     assert calls == [frozen_copy.brushnet, policy.brushnet]  # not shared: each pass runs its own
     assert next(frozen_copy.unet.parameters()).device.type == "cpu"
 

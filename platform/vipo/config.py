@@ -6,10 +6,13 @@ Every job config derives from :class:`JobConfig` (``output_dir``, ``seed``, trac
 
 from __future__ import annotations
 
+import collections.abc
+import difflib
 import hashlib
 import json
+import typing
 from pathlib import Path
-from typing import Annotated, Any, Iterable, TypeVar
+from typing import Annotated, Any, Iterable, Mapping, TypeVar
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
@@ -30,7 +33,7 @@ __all__ = [
 
 
 class ConfigError(ValueError):
-    """A config problem, always one line: ``<file>: <dotted.key>: <problem>``."""
+    """Config problems, one line each: ``<file>: <dotted.key>: <problem>``."""
 
 
 class Config(BaseModel):
@@ -116,14 +119,57 @@ def apply_overrides(data: dict, overrides: Iterable[str]) -> dict:
     return data
 
 
-def _format_error(source: str, err: ValidationError) -> str:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "<root>"
-    msg = first["msg"]
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key"
-    extra = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
-    return f"{source}: {key}: {msg}{extra}"
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The config classes an annotation can hold (through Optional, unions, lists, dicts and Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in typing.get_args(annotation) for model in _models_in(arg)]
+
+
+def _is_tag(model: type[BaseModel], part: str) -> bool:
+    """Whether pydantic put ``part`` in an error location to name a union member (its class or discriminator)."""
+    return part == model.__name__ or any(part in typing.get_args(f.annotation) for f in model.model_fields.values())
+
+
+def _is_mapping(annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (dict, Mapping, collections.abc.Mapping):
+        return True
+    return any(_is_mapping(arg) for arg in typing.get_args(annotation))
+
+
+def _walk(cls: type[BaseModel], loc: tuple) -> tuple[tuple, set[str]]:
+    """Follow ``loc`` through the schema: the path as the user wrote it (the union tags pydantic inserts for
+    discriminated unions dropped) and the keys valid beside ``loc[-1]``."""
+    candidates, path, dict_key_next = [cls], [], False
+    for part in loc[:-1]:
+        if dict_key_next or not isinstance(part, str):
+            dict_key_next = False
+            path.append(part)  # a dict key or a list index
+            continue
+        fields = [m.model_fields[part] for m in candidates if part in m.model_fields]
+        if fields:
+            candidates = [model for field in fields for model in _models_in(field.annotation)]
+            dict_key_next = any(_is_mapping(field.annotation) for field in fields)
+            path.append(part)
+        else:
+            candidates = [m for m in candidates if _is_tag(m, part)] or candidates
+    return (*path, *loc[-1:]), {name for model in candidates for name in model.model_fields}
+
+
+def _format_one(source: str, cls: type[BaseModel], error: Mapping[str, Any]) -> str:
+    loc, valid = _walk(cls, tuple(error["loc"]))
+    key = ".".join(str(p) for p in loc) or "<root>"
+    if error["type"] != "extra_forbidden":
+        return f"{source}: {key}: {error['msg']}"
+    close = difflib.get_close_matches(str(loc[-1]), sorted(valid), n=1, cutoff=0.6)
+    hint = f"; did you mean {'.'.join(str(p) for p in (*loc[:-1], close[0]))}?" if close else ""
+    return f"{source}: {key}: unknown key{hint}"
+
+
+def _format_error(source: str, cls: type[BaseModel], err: ValidationError) -> str:
+    """Every problem, one line each (a user fixes them all in one edit)."""
+    return "\n".join(_format_one(source, cls, error) for error in err.errors())
 
 
 T = TypeVar("T", bound=BaseModel)
@@ -133,7 +179,7 @@ def validate_config(cls: type[T], data: dict, source: str = "<config>") -> T:
     try:
         return cls.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_error(source, err)) from None
+        raise ConfigError(_format_error(source, cls, err)) from None
 
 
 def load_config(cls: type[T], path: str | Path | None, overrides: Iterable[str] = ()) -> T:

@@ -46,7 +46,8 @@ class SkipLog:
     def handle(self, error: BadSample, strict: bool) -> None:
         """Record ``error``, or re-raise it when the user asked for strict mode."""
         if strict:
-            raise error
+            raise BadSample(error.where, f"{error.reason} (replace or remove the file, or set strict: false to skip "
+                                         "and count bad samples)") from error
         self.record(error)
 
     @property

@@ -2,7 +2,7 @@
 
 from vipo.tracking.identity import file_hash, git_commit, run_identity
 from vipo.tracking.logger import MemoryLogger, MLflowLogger, RunLogger, build_logger, flatten, resolve_tracking_uri
-from vipo.tracking.ray_session import init_ray
+from vipo.tracking.ray_session import init_ray, tune_verbosity, verbose
 
 __all__ = [
     "MLflowLogger",
@@ -13,6 +13,8 @@ __all__ = [
     "flatten",
     "git_commit",
     "init_ray",
+    "tune_verbosity",
+    "verbose",
     "resolve_tracking_uri",
     "run_identity",
 ]

@@ -1,10 +1,39 @@
-"""Connect to Ray: a cluster when an address is given (config or ``RAY_ADDRESS``), else a local instance."""
+"""Connect to Ray: a cluster when an address is given (config or ``RAY_ADDRESS``), else a local instance.
+
+By default a job's terminal shows vipo's own lines (a line per step, progress bars, results); Ray's worker output,
+Tune's status tables and library warnings go to Ray's log files (``<temp dir>/session_latest/logs``).
+``vipo --verbose`` (``VIPO_VERBOSE=1``, inherited by Ray's workers) lets them through.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 
 from vipo.config import RayConfig
+
+__all__ = ["init_ray", "tune_verbosity", "verbose"]
+
+VERBOSE_ENV = "VIPO_VERBOSE"
+
+
+def verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "0") == "1"
+
+
+def tune_verbosity() -> int:
+    """Tune's ``RunConfig(verbose=...)``: its periodic status tables only when asked for."""
+    return 1 if verbose() else 0
+
+
+def _quiet_libraries() -> None:
+    # Libraries' own chatter (Ray's start-up notes, diffusers/transformers deprecation notes) is not the user's.
+    for name in ("ray", "ray.data", "ray.train", "ray.tune", "diffusers", "transformers", "mlflow"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|diffusers|transformers|ray|peft)\.")
 
 
 def init_ray(config: RayConfig) -> None:
@@ -14,12 +43,18 @@ def init_ray(config: RayConfig) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    loud = verbose()
+    if not loud:
+        _quiet_libraries()
+    output = {"log_to_driver": loud, "logging_level": logging.INFO if loud else logging.ERROR}
     address = config.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address)
+        ray.init(address=address, **output)
         return
     ray.init(
         num_cpus=config.num_cpus or os.cpu_count(),
         num_gpus=config.num_gpus,
         include_dashboard=False,
+        runtime_env={"env_vars": {VERBOSE_ENV: "1" if loud else "0"}},
+        **output,
     )

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
-from vipo.tracking import build_logger, init_ray, run_identity
+from vipo.tracking import build_logger, init_ray, run_identity, tune_verbosity
 from vipo.tune.config import RoundConfig, SearchDim, TuneConfig
 
 __all__ = ["best_path", "run_staged_search", "search_space", "train_trial", "trial_overrides"]
@@ -111,7 +111,7 @@ def _run_round(cfg: TuneConfig, round_cfg: RoundConfig, settled: dict[str, Any],
                 max_concurrent_trials=cfg.max_concurrent_trials,
                 scheduler=scheduler,
             ),
-            run_config=tune.RunConfig(name=round_cfg.name, storage_path=str(storage)),
+            run_config=tune.RunConfig(name=round_cfg.name, storage_path=str(storage), verbose=tune_verbosity()),
         )
     grid = tuner.fit()
     if not any(r.metrics and cfg.metric in r.metrics for r in grid):
