@@ -193,7 +193,7 @@ padding:0 4px;border-radius:3px}#progress{font-weight:bold}"""
 
 
 def _page(review_id: str, clip_ids: list[str]) -> str:
-    clips_json = html.escape(json.dumps(clip_ids), quote=False)
+    clips_json = json.dumps(clip_ids).replace("</", "<\\/")  # script content is not HTML-decoded
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>blind review {html.escape(review_id)}</title>
 <style>{_STYLE}</style></head><body data-review="{html.escape(review_id)}">
 <h1>Blind A/B review</h1>

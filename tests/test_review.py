@@ -167,3 +167,26 @@ def test_review_page_in_a_real_browser_clicks_through_and_exports(evaluated, tmp
     a_wins = (sides[0] == "a") + (sides[1] == "b")
     assert result.rates["a_preferred"][0] == pytest.approx(a_wins / 3)
     assert result.rates["tie"][0] == pytest.approx(1 / 3)
+
+
+def test_review_commands_write_the_page_and_import_the_export(evaluated, tmp_path):
+    from typer.testing import CliRunner
+
+    from jobs.cli import app
+
+    runner = CliRunner()
+    written = runner.invoke(app, ["evaluate", "review", f"tracking.experiment={EXPERIMENT}", "seed=3", "--benchmark",
+                                  "tiny", "--a", "sharp", "--b", "noisy", "--output-dir", str(evaluated)])
+    assert written.exit_code == 0, written.output
+    (key_path,) = [p for p in (evaluated / "reviews").glob("*/key.json")
+                   if json.loads(p.read_text())["seed"] == 3]
+    key = json.loads(key_path.read_text())
+    exported = tmp_path / "export.json"
+    exported.write_text(json.dumps({"review_id": key["review_id"],
+                                    "choices": [{"clip_id": c["clip_id"], "choice": "tie"} for c in key["clips"]]}))
+    imported = runner.invoke(app, ["evaluate", "review-import", str(exported), f"tracking.experiment={EXPERIMENT}",
+                                   "--output-dir", str(evaluated)])
+    assert imported.exit_code == 0, imported.output
+    assert json.loads((key_path.parent / "results.json").read_text())["rates"]["tie"][0] == 1.0
+    missing = runner.invoke(app, ["evaluate", "review", "--benchmark", "tiny", "--a", "sharp"])
+    assert missing.exit_code == 2 and "review needs --a METHOD and --b METHOD" in missing.output
