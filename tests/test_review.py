@@ -24,6 +24,11 @@ EXPERIMENT = "review-test"
 METHODS = ("sharp", "noisy")
 
 
+@pytest.fixture(autouse=True)
+def _local_tracking(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the sqlite database under the output_dir
+
+
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory) -> Path:
     """An evaluation's output_dir: a 4-clip benchmark, two methods' stored predictions, their MLflow runs."""
