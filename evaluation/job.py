@@ -90,6 +90,7 @@ def _evaluate_method(config: EvaluateConfig, label: str, method: MethodConfig, b
 
 
 def _print_means(report: Report, metrics: list[str]) -> None:
+    metrics = [m for m in metrics if m in next(iter(report.means.values()))]  # zero checks are one report line
     width = max(len(label) for label in report.means) + 2
     columns = [max(len(m) + 2, 10) for m in metrics]
     print("method".ljust(width) + "".join(f"{m:>{c}}" for m, c in zip(metrics, columns)))
