@@ -58,13 +58,14 @@ class Sizes:
     long_shape: tuple[int, int]
     propainter_shape: tuple[int, int, int]  # frames, height, width
     propainter_subvideo: int
+    raft_iterations: int
     metrics_pixels: int
     metrics_frames: int
     generation_clips: int
 
 
-FULL = Sizes(22, 512, "full", 250, (720, 1280), (80, 480, 854), 20, 512, 32, 4)
-DRY = Sizes(4, 32, "tiny", 8, (32, 48), (6, 48, 64), 3, 64, 4, 4)
+FULL = Sizes(22, 512, "full", 250, (720, 1280), (80, 480, 854), 20, 20, 512, 32, 4)
+DRY = Sizes(4, 32, "tiny", 8, (32, 48), (6, 48, 64), 3, 4, 64, 4, 4)
 
 
 @dataclass
@@ -244,7 +245,7 @@ def step_stage3(table: Table, sizes: Sizes, device: torch.device, stage2_seconds
         policy = PairDenoiser(copy.deepcopy(parts.unet), parts.brushnet)
         policy.requires_grad_(False)
         if scope == "lora":
-            add_spatial_lora(policy.unet, rank=16, alpha=16)
+            add_spatial_lora(policy.unet, rank=16, alpha=16, seed=0)
             reference = Reference(policy, adapter_off=True)
         else:
             frozen = PairDenoiser(copy.deepcopy(parts.unet), parts.brushnet).requires_grad_(False)
@@ -282,7 +283,8 @@ def step_propainter(table: Table, sizes: Sizes, device: torch.device) -> None:
     for fp16 in ([False, True] if device.type == "cuda" else [False]):
         for subvideo in (frames, sizes.propainter_subvideo):
             pipeline = ProPainterPipeline.from_random(seed=0, device=device, subvideo_length=subvideo,
-                                                      progress=False, fp16=fp16)
+                                                      progress=False, fp16=fp16,
+                                                      raft_iterations=sizes.raft_iterations)
             with torch.no_grad(), measured(device) as m:
                 pipeline(clip, holes)
             table.add("4 propainter", f"{frames}x{height}x{width} {'fp16' if fp16 else 'fp32'} sub-video {subvideo}",

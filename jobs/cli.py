@@ -128,6 +128,30 @@ def train(
 
 
 @app.command()
+def prepare(
+    step: str = typer.Argument(..., help="What to prepare: 'resize' (frames at data size, JPEGImages_<W>_<H>)."),
+    config: Path = typer.Argument(..., help=CONFIG_HELP),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo videos already done."),
+) -> None:
+    """Prepare ProPainter training data with Ray Data (`vipo prepare resize cfg.yaml`)."""
+    if step != "resize":
+        typer.echo(f"config error: unknown prepare step {step!r}; known: resize", err=True)
+        raise typer.Exit(2)
+    _call("prepare", config, overrides or [], overwrite=overwrite)
+
+
+@app.command()
+def flows(
+    config: Path = typer.Argument(..., help=CONFIG_HELP),
+    overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo videos already done."),
+) -> None:
+    """Precompute forward/backward RAFT flows for ProPainter training (Ray Data actor pool; resumable)."""
+    _call("flows", config, overrides or [], overwrite=overwrite)
+
+
+@app.command()
 def export(
     run_dir: Path = typer.Argument(..., help="A training run folder (output_dir/<run name>)."),
     step: str = typer.Option("latest", "--step", help="Checkpoint step, or 'latest'."),

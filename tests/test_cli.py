@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from jobs.cli import KIND_MARKERS, app
 
 REPO = Path(__file__).resolve().parents[1]
-COMMANDS = ["generate", "train", "export", "tune", "evaluate", "demo"]
+COMMANDS = ["generate", "train", "export", "tune", "evaluate", "demo", "prepare", "flows"]
 
 
 def test_top_level_help_lists_commands():
@@ -39,6 +39,8 @@ def test_console_script_is_installed():
     "argv, key",
     [
         (["train", "jobs/configs/stage1_demo.yaml", "optim.lr=-1"], "optim.lr"),
+        (["train", "jobs/configs/propainter_demo.yaml", "loss.style_wieght=1"], "loss.style_wieght"),
+        (["train", "jobs/configs/flowcomp_demo.yaml", "data.num_local_frames=1"], "data.num_local_frames"),
         (["train", "jobs/configs/stage2_demo.yaml", "data.clip.nframes=0"], "data.clip.nframes"),
         (["generate", "jobs/configs/generate_demo.yaml", "sampling.nframs=3"], "sampling.nframs"),
         (["evaluate", "jobs/configs/eval_demo.yaml", "benchmark.source.root=/no/such/dir"], "benchmark.source"),
@@ -128,12 +130,14 @@ def _config_class(path: Path) -> type:
     """The config class the job behind a shipped YAML validates it with (by file name, as the README's table)."""
     from evaluation.config import EvaluateConfig
     from jobs.generate import GenerateJobConfig
+    from vipo.data.preprocess import FlowsJobConfig, ResizeJobConfig
     from vipo.train.recipes import get_recipe
     from vipo.tune import TuneConfig
 
-    if path.name.startswith("stage"):
+    if "recipe" in yaml.safe_load(path.read_text()):
         return get_recipe(yaml.safe_load(path.read_text())["recipe"]).config_class
-    prefixes = {"generate": GenerateJobConfig, "tune": TuneConfig, "eval": EvaluateConfig}
+    prefixes = {"generate": GenerateJobConfig, "tune": TuneConfig, "eval": EvaluateConfig,
+                "prepare": ResizeJobConfig, "flows": FlowsJobConfig}
     return next(cls for prefix, cls in prefixes.items() if path.name.startswith(prefix))
 
 

@@ -261,6 +261,14 @@ def test_device_is_cuda_only_with_a_gpu_and_cuda():
     assert pick_device(1) == ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def test_propainter_loads_as_diffueraser_runs_its_prior():
+    default = load_models(["propainter"], {"propainter": ModelSpec(random_init=0)}, "cpu")["propainter"]
+    assert (default.config.preset, default.config.resize_ratio, default.config.mask_dilation) == (
+        "diffueraser_prior", 0.6, 8)
+    spec = ModelSpec(random_init=0, options={"preset": "standalone"})
+    assert load_models(["propainter"], {"propainter": spec}, "cpu")["propainter"].config.resize_ratio == 1.0
+
+
 def test_model_load_failure_names_the_path(tmp_path):
     with pytest.raises(ModelLoadError, match=str(tmp_path)):
         load_models(["diffueraser"], {"diffueraser": ModelSpec(weights=tmp_path)}, "cpu")

@@ -93,12 +93,18 @@ def test_configs_validate_and_reject_inconsistent_settings(tmp_path, weights_roo
     assert demo.data.region_scale == 8 and demo.loss.kind == "region_reg_dpo" and demo.tuning.scope == "lora"
     assert Stage3Config.model_fields["tuning"].default.lora.rank == 16
     assert Stage3Config.model_fields["tuning"].default.lora.alpha == 32
+    assert demo.noise == "forward"  # standard Diffusion-DPO; inversion is the ablation
+    ablation = load_train_config(DEMO_CONFIG, [f"data.shards={shards}", f"model.weights_root={weights_root}",
+                                               "noise=inversion", "inversion_steps=4"])
+    assert (ablation.noise, ablation.inversion_steps) == ("inversion", 4)
     bad = {
         "data.region_scale=1": "region_scale must be 8",
         "reference.offload=true": "reference.offload needs a separate reference",
         "model.stage=1": "model.stage 1 needs model.parent",
         f"model.parent={shards}": "lacks unet_main/",
         "loss.kind=sigmoid": "loss",
+        "noise=ddim": "noise: Input should be 'forward' or 'inversion'",
+        "inversion_steps=0": "inversion_steps",
     }
     for override, message in bad.items():
         with pytest.raises(ConfigError, match=message):
@@ -131,7 +137,7 @@ def test_full_size_configs_validate_apart_from_their_paths(tmp_path, weights_roo
 def test_full_scope_trains_the_stage_modules_against_a_frozen_copy(tmp_path, weights_root, shards, stage):
     model = {"stage": 1, "parent": str(stage1_export(weights_root, tmp_path / "s1"))} if stage == 1 else {}
     cfg = stage3_config(weights_root, shards, tmp_path, tuning={"scope": "full"}, model=model)
-    frozen, policy = load_policy(cfg.model, cfg.tuning, torch.device("cpu"), torch.float32)
+    frozen, policy = load_policy(cfg.model, cfg.tuning, torch.device("cpu"), torch.float32, seed=0)
     trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
     reference = build_reference(cfg.model, cfg.tuning, cfg.reference, policy, torch.device("cpu"), torch.float32)
     assert reference.denoiser.unet is not policy.unet
@@ -159,7 +165,7 @@ def test_full_scope_trains_the_stage_modules_against_a_frozen_copy(tmp_path, wei
             if name in trainable:
                 param.add_(0.01)
     save_policy(policy, cfg.model, cfg.tuning, tmp_path / "weights")
-    _, resumed = load_policy(cfg.model, cfg.tuning, torch.device("cpu"), torch.float32, tmp_path / "weights")
+    _, resumed = load_policy(cfg.model, cfg.tuning, torch.device("cpu"), torch.float32, tmp_path / "weights", seed=0)
     resumed_params = dict(resumed.named_parameters())
     assert {n for n, p in resumed_params.items() if p.requires_grad} == trainable
     assert all(torch.equal(resumed_params[n], p) for n, p in policy.named_parameters())
@@ -200,14 +206,15 @@ def test_separate_reference_checkpoint_is_loaded_frozen_offloaded_and_not_checke
 
 def test_export_merged_and_adapter_load_in_the_pipeline_and_agree(tmp_path, weights_root, shards):
     cfg = stage3_config(weights_root, shards, tmp_path)
-    _, policy = load_policy(cfg.model, cfg.tuning, torch.device("cpu"), torch.float32)
+    _, policy = load_policy(cfg.model, cfg.tuning, torch.device("cpu"), torch.float32, seed=0)
     randomise_lora(policy)
     checkpoint = tmp_path / "checkpoint-00000001"
     save_policy(policy, cfg.model, cfg.tuning, checkpoint / WEIGHTS_DIR)
     out = tmp_path / "export"
     Stage3Recipe.export(cfg, checkpoint, out)
     assert {p.name for p in out.iterdir()} == {"unet_main", "brushnet", "lora"}
-    _, resumed = load_policy(cfg.model, cfg.tuning, torch.device("cpu"), torch.float32, checkpoint / WEIGHTS_DIR)
+    _, resumed = load_policy(cfg.model, cfg.tuning, torch.device("cpu"), torch.float32, checkpoint / WEIGHTS_DIR,
+                             seed=0)
     lora = {n: p for n, p in policy.named_parameters() if "lora_" in n}
     assert all(p.requires_grad and torch.equal(p, lora[n]) for n, p in resumed.named_parameters() if "lora_" in n)
 
@@ -246,7 +253,7 @@ def test_compose_a_dpo_stage1_lora_run_with_sft_stage2_motion_modules(tmp_path, 
     stage2_export = tmp_path / "stage2_export"
     shutil.copytree(DiffuEraserWeights(weights_root).motion_adapter, stage2_export / "motion_adapter")
     cfg = stage3_config(weights_root, shards, tmp_path, model={"stage": 1, "parent": str(parent)})
-    _, policy = load_policy(cfg.model, cfg.tuning, torch.device("cpu"), torch.float32)
+    _, policy = load_policy(cfg.model, cfg.tuning, torch.device("cpu"), torch.float32, seed=0)
     assert isinstance(policy.unet, UNet2DConditionModel)
     randomise_lora(policy)
     checkpoint = tmp_path / "run" / "checkpoint-00000001"

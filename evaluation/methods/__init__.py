@@ -1,5 +1,6 @@
 """Evaluation methods, one registered config class per file: ``propainter``, ``diffueraser`` (stage-2 weights),
-``diffueraser+lora`` (a stage-3 export or a peft adapter) and ``checkpoint`` (any exported folder).
+``diffueraser+lora`` (a stage-3 export or a peft adapter), ``checkpoint`` (any exported folder) and
+``propainter_checkpoint`` (a ProPainter training checkpoint).
 
 ``MethodSpec`` is the config union of every registered kind, chosen by the ``kind:`` field.
 """
@@ -20,6 +21,7 @@ from evaluation.methods.checkpoint import CheckpointMethod
 from evaluation.methods.diffueraser import DiffuEraserMethod, export_model_paths
 from evaluation.methods.lora import DiffuEraserLoraMethod, apply_lora, find_adapter
 from evaluation.methods.propainter import ProPainterMethod
+from evaluation.methods.propainter_checkpoint import ProPainterCheckpointMethod
 
 MethodSpec = Annotated[Union[tuple(METHOD_REGISTRY.values())], Field(discriminator="kind")]  # type: ignore[valid-type]
 """A method config; ``kind`` picks the class from :data:`METHOD_REGISTRY`."""
@@ -33,6 +35,7 @@ __all__ = [
     "Inpaint",
     "MethodConfig",
     "MethodSpec",
+    "ProPainterCheckpointMethod",
     "ProPainterMethod",
     "apply_lora",
     "content_hash",

@@ -14,11 +14,12 @@ Weights are the released files in one folder (``weights/propainter/`` in the pro
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
 import cv2
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torchvision.models.optical_flow import RAFT, raft_large
 from tqdm.auto import tqdm
 
@@ -33,10 +34,12 @@ from vipo.models.propainter import (
 )
 
 __all__ = [
+    "DIFFUERASER_PRIOR",
     "WEIGHT_FILES",
     "ProPainterConfig",
     "ProPainterPipeline",
     "dilate_holes",
+    "random_models",
     "reference_indices",
     "save_random_propainter_weights",
     "subvideo_spans",
@@ -48,10 +51,25 @@ WEIGHT_FILES = {
     "generator": "ProPainter.pth",
 }
 MIN_PROCESSING_SIZE = 16
+DIFFUERASER_PRIOR = {"resize_ratio": 0.6, "mask_dilation": 8, "subvideo_length": 50, "fp16": True}
+"""How DiffuEraser's ``run_diffueraser.py`` runs its ProPainter prior (``propainter/inference.py`` defaults
+``resize_ratio=0.6, fp16=True``; the script passes ``subvideo_length=50`` and its ``mask_dilation_iter``, 8)."""
 
 
 class ProPainterConfig(Config):
-    """Inference knobs; defaults are upstream ``inference_propainter.py``'s."""
+    """Inference knobs; defaults are upstream ``inference_propainter.py``'s, or DiffuEraser's prior settings with
+    ``preset: diffueraser_prior`` (fields given explicitly win over the preset)."""
+
+    preset: Literal["standalone", "diffueraser_prior"] = "standalone"
+    """``standalone``: ProPainter as its own method; ``diffueraser_prior``: :data:`DIFFUERASER_PRIOR`, for every
+    ProPainter run that feeds DiffuEraser (generation, evaluation, validation)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") == "diffueraser_prior":
+            return {**DIFFUERASER_PRIOR, **data}
+        return data
 
     subvideo_length: int = Field(default=80, ge=2, description="frames per sub-video (bounds device memory)")
     context_length: int = Field(default=10, ge=0, description="extra frames on each side of a sub-video (vipo's)")
@@ -98,10 +116,12 @@ def _raft_pairs_per_batch(width: int) -> int:
     return 1
 
 
-def _random_models(seed: int) -> tuple[RAFT, RecurrentFlowCompleteNet, InpaintGenerator]:
+def random_models(seed: int, generator: bool = True) -> tuple[RAFT, RecurrentFlowCompleteNet, InpaintGenerator | None]:
+    """The three networks with random weights drawn from ``seed`` (RAFT, then flow completion, then the generator,
+    so leaving the generator out does not change the other two)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return raft_large(weights=None), RecurrentFlowCompleteNet(), InpaintGenerator()
+        return raft_large(weights=None), RecurrentFlowCompleteNet(), InpaintGenerator() if generator else None
 
 
 def save_random_propainter_weights(weights_dir: str | Path, seed: int = 0) -> Path:
@@ -110,7 +130,7 @@ def save_random_propainter_weights(weights_dir: str | Path, seed: int = 0) -> Pa
     :meth:`ProPainterPipeline.from_pretrained` on it equals :meth:`ProPainterPipeline.from_random` with ``seed``."""
     weights_dir = Path(weights_dir)
     weights_dir.mkdir(parents=True, exist_ok=True)
-    raft, flow_completion, generator = _random_models(seed)
+    raft, flow_completion, generator = random_models(seed)
     torch.save(raft_state_dict_to_upstream(raft.state_dict()), weights_dir / WEIGHT_FILES["raft"])
     torch.save(flow_completion.state_dict(), weights_dir / WEIGHT_FILES["flow_completion"])
     torch.save(generator.state_dict(), weights_dir / WEIGHT_FILES["generator"])
@@ -165,7 +185,7 @@ class ProPainterPipeline:
     def from_random(cls, seed: int = 0, device: str | torch.device = "cpu", **knobs) -> "ProPainterPipeline":
         """The real architecture with random weights (tests, demos)."""
         config = validate_config(ProPainterConfig, knobs, source="ProPainterPipeline")
-        raft, flow_completion, generator = _random_models(seed)
+        raft, flow_completion, generator = random_models(seed)
         return cls(raft, flow_completion, generator, config=config, device=device)
 
     def processing_size(self, height: int, width: int) -> tuple[int, int]:

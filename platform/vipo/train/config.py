@@ -21,6 +21,7 @@ __all__ = [
     "DeepSpeedSettings",
     "DiffuEraserModelSettings",
     "FailureSettings",
+    "GuardSettings",
     "ModelSettings",
     "OptimSettings",
     "ScalingSettings",
@@ -42,14 +43,19 @@ class ScalingSettings(Config):
 
 
 class OptimSettings(Config):
-    """AdamW + a diffusers LR schedule. ``max_steps`` counts optimiser steps (after accumulation)."""
+    """AdamW (Adam when ``weight_decay: 0``) + an LR schedule. ``max_steps`` counts optimiser steps (after
+    accumulation). ``multistep`` multiplies the rate by ``gamma`` at each of ``milestones`` (torch's MultiStepLR)
+    after a linear warm-up from ``warmup_start_lr`` over ``warmup_steps``; the others are diffusers schedules."""
 
     lr: float = Field(default=5e-6, gt=0)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(default=1e-8, gt=0)
     weight_decay: float = Field(default=1e-2, ge=0)
-    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine", "multistep"] = "constant"
     warmup_steps: int = Field(default=0, ge=0)
+    warmup_start_lr: float = Field(default=0.0, ge=0, description="multistep: the warm-up's first rate.")
+    milestones: list[int] = Field(default_factory=list, description="multistep: steps where the rate decays.")
+    gamma: float = Field(default=0.1, gt=0, description="multistep: decay factor at each milestone.")
     max_steps: int = Field(default=1000, ge=1)
     grad_accum: int = Field(default=1, ge=1)
     max_grad_norm: float | None = Field(default=1.0, gt=0, description="Gradient clipping; null disables it.")
@@ -77,14 +83,31 @@ class CheckpointSettings(Config):
 
 
 class FailureSettings(Config):
-    """``max_failures`` worker-group restarts per launch (-1: unlimited).
+    """``max_failures`` worker-group restarts per launch (-1: unlimited); each resumes from the newest complete
+    checkpoint. ``preemption_grace_s``: after SIGTERM, how long the driver waits for the workers to checkpoint at
+    their next step boundary before it exits anyway (:mod:`vipo.train.preemption`).
 
     ``inject_at_step`` is a fault-tolerance drill: the workers crash once when they reach that step (a marker
     in the run folder keeps the relaunch from crashing again), so a cluster's resume path can be checked.
     """
 
     max_failures: int = Field(default=0, ge=-1)
+    preemption_grace_s: float = Field(default=120.0, gt=0)
     inject_at_step: int | None = Field(default=None, ge=1)
+
+
+class GuardSettings(Config):
+    """The step guard (:class:`vipo.train.guard.StepGuard`): which optimiser steps are skipped rather than taken.
+
+    A non-finite loss or gradient norm always skips the step. ``spike_factor`` (null: off) also skips a step whose
+    loss exceeds ``spike_factor`` × the mean of the last ``spike_window`` taken steps' losses (seed 004's rule,
+    5×), once that many are known and their mean is positive. ``max_consecutive_skips`` skipped steps in a row
+    stop the run with an error naming the reasons.
+    """
+
+    max_consecutive_skips: int = Field(default=5, ge=1)
+    spike_factor: float | None = Field(default=None, gt=1)
+    spike_window: int = Field(default=50, ge=1)
 
 
 class ValidationSettings(Config):
@@ -165,6 +188,7 @@ class TrainConfig(JobConfig):
     deepspeed: DeepSpeedSettings = DeepSpeedSettings()
     checkpointing: CheckpointSettings = CheckpointSettings()
     failure: FailureSettings = FailureSettings()
+    guard: GuardSettings = GuardSettings()
     validation: ValidationSettings = ValidationSettings()
 
     @model_validator(mode="before")

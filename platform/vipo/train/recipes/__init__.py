@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 __all__ = ["RECIPES", "get_recipe", "recipe_module"]
 
 RECIPES: dict[str, str] = {
+    "flowcomp": "vipo.train.recipes.flowcomp:FlowCompletionRecipe",
+    "propainter": "vipo.train.recipes.propainter:ProPainterRecipe",
     "stage1": "vipo.train.recipes.stage1:Stage1Recipe",
     "stage2": "vipo.train.recipes.stage2:Stage2Recipe",
     "stage3": "vipo.train.recipes.stage3:Stage3Recipe",
