@@ -131,6 +131,7 @@ def evaluate(config: EvaluateConfig) -> Evaluation:
                 benchmark_dir=benchmark.root, scoring_hash=scores_key, scoring=config.scoring, method=method,
                 result=result, metrics=metrics, tags={**tags, "vipo.parent_checkpoint": str(method.checkpoint_path)},
                 reuse=config.reuse_cache)
+            MlflowClient(tracking_uri).log_dict(result.run_id, identity, SCORING_IDENTITY)
     report = build_report(output_dir / "reports" / f"{benchmark.name}-{benchmark.hash}", benchmark_name=benchmark.name,
                           benchmark_hash=benchmark.hash, results=results, baseline=config.baseline_label,
                           metrics=metrics, config=config.report, benchmark=benchmark, seed=config.seed,
