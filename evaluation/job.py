@@ -11,9 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from tqdm.auto import tqdm
 
 from evaluation.benchmark import Benchmark, materialize
@@ -23,7 +26,7 @@ from evaluation.methods import MethodConfig
 from evaluation.report import Report, build_report
 from evaluation.results import MethodResult
 from evaluation.runs import find_benchmark_runs, log_compare_run, log_method_run
-from evaluation.scoring import METRICS, ScoringConfig
+from evaluation.scoring import METRICS, ScoringConfig, random_networks
 from evaluation.stage import EvaluateStage
 from vipo.config import ConfigError
 from vipo.storage import SessionDirError, resolve_output_path
@@ -44,9 +47,24 @@ class Evaluation:
     report: Report
 
 
-def scoring_hash(scoring: ScoringConfig) -> str:
-    text = json.dumps(scoring.identity(), sort_keys=True, separators=(",", ":"))
+SCORING_IDENTITY = "scoring_identity.json"  # artifact of each method run: which metric networks were random
+
+
+def scoring_hash(scoring: ScoringConfig, identity: dict | None = None) -> str:
+    text = json.dumps(identity or scoring.identity(), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _stored_identity(tracking_uri: str, results: list[MethodResult]) -> dict:
+    """The scoring identity logged with the first method run that has one ({} for runs logged before it was)."""
+    client = MlflowClient(tracking_uri)
+    for result in results:
+        try:
+            with tempfile.TemporaryDirectory(prefix="vipo-identity-") as tmp:
+                return json.loads(Path(client.download_artifacts(result.run_id, SCORING_IDENTITY, tmp)).read_text())
+        except (MlflowException, OSError):
+            continue
+    return {}
 
 
 def _evaluate_method(config: EvaluateConfig, label: str, method: MethodConfig, benchmark: Benchmark,
@@ -73,6 +91,7 @@ def _evaluate_method(config: EvaluateConfig, label: str, method: MethodConfig, b
 
 
 def _print_means(report: Report, metrics: list[str]) -> None:
+    metrics = [m for m in metrics if m in next(iter(report.means.values()))]  # zero checks are one report line
     width = max(len(label) for label in report.means) + 2
     columns = [max(len(m) + 2, 10) for m in metrics]
     print("method".ljust(width) + "".join(f"{m:>{c}}" for m, c in zip(metrics, columns)))
@@ -83,7 +102,11 @@ def _print_means(report: Report, metrics: list[str]) -> None:
 
 def evaluate(config: EvaluateConfig) -> Evaluation:
     """Run the evaluation of ``config`` (see the module docstring) → :class:`Evaluation`."""
-    scores_key = scoring_hash(config.scoring)  # fails here when LPIPS/RAFT weights are missing
+    identity = config.scoring.identity()  # fails here when LPIPS/RAFT/I3D/CLIP weights are missing
+    scores_key = scoring_hash(config.scoring, identity)
+    random_nets = random_networks(identity)
+    for note in random_nets.values():
+        print(f"WARNING: {note}")
     output_dir = config.output_dir
     tracking_uri = launch_tracking_uri(config.tracking, output_dir)
     init_ray(config.ray, tracking_uri)
@@ -108,11 +131,13 @@ def evaluate(config: EvaluateConfig) -> Evaluation:
                 benchmark_dir=benchmark.root, scoring_hash=scores_key, scoring=config.scoring, method=method,
                 result=result, metrics=metrics, tags={**tags, "vipo.parent_checkpoint": str(method.checkpoint_path)},
                 reuse=config.reuse_cache)
+            MlflowClient(tracking_uri).log_dict(result.run_id, identity, SCORING_IDENTITY)
     report = build_report(output_dir / "reports" / f"{benchmark.name}-{benchmark.hash}", benchmark_name=benchmark.name,
                           benchmark_hash=benchmark.hash, results=results, baseline=config.baseline_label,
                           metrics=metrics, config=config.report, benchmark=benchmark, seed=config.seed,
                           notes=[note for note in [config.scoring.flow_note()] if note is not None]
-                          + [note for label, method in config.methods.items() for note in method.notes(label)])
+                          + [note for label, method in config.methods.items() for note in method.notes(label)],
+                          random_networks=random_nets)
     if tracking_uri:
         log_compare_run(tracking_uri, experiment, artifact_root, config=config, benchmark_name=benchmark.name,
                         benchmark_hash=benchmark.hash, scoring_hash=scores_key, baseline=report.baseline,
@@ -153,7 +178,8 @@ def compare(config: CompareConfig) -> Report:
         if config.baseline is not None:
             raise ConfigError(f"compare: baseline {config.baseline!r} is not among the evaluated methods {labels}")
         baseline = labels[0]
-    scored = set().union(*(set(s.metrics) for r in runs.results for s in r.scores.values()))
+    scored = set().union(*(set(s.metrics) | ({"vfid"} if "i3d_fake" in s.info else set())
+                           for r in runs.results for s in r.scores.values()))
     metrics = [m for m in METRICS if m in scored]
     notes = [f"benchmark {runs.benchmark_name} also has runs on other inputs (hashes {runs.other_hashes}); "
              f"this report uses the latest, {runs.benchmark_hash}"] if runs.other_hashes else []
@@ -161,7 +187,8 @@ def compare(config: CompareConfig) -> Report:
     report = build_report(output_dir / "reports" / f"{runs.benchmark_name}-{runs.benchmark_hash}",
                           benchmark_name=runs.benchmark_name, benchmark_hash=runs.benchmark_hash,
                           results=runs.results, baseline=baseline, metrics=metrics, config=config.report,
-                          benchmark=benchmark, seed=config.seed, notes=notes)
+                          benchmark=benchmark, seed=config.seed, notes=notes,
+                          random_networks=random_networks(_stored_identity(tracking_uri, runs.results)))
     log_compare_run(tracking_uri, experiment, output_dir / "mlartifacts", config=config,
                     benchmark_name=runs.benchmark_name, benchmark_hash=runs.benchmark_hash,
                     scoring_hash=runs.scoring_hash, baseline=baseline, report_dir=report.folder,

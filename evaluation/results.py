@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluation.cache import ClipScores
+from evaluation.metrics.vfid import vfid
 
 __all__ = ["MethodResult"]
 
@@ -36,14 +37,24 @@ class MethodResult:
 
     def means(self, metrics: list[str], clip_ids: list[str] | None = None) -> dict[str, float]:
         """Mean over ``clip_ids`` (default: all scored clips) of each metric, ignoring NaN and inf (NaN when no
-        clip has a finite value)."""
+        clip has a finite value). ``vfid`` is the one distance over those clips' stored I3D features."""
         clip_ids = list(self.scores) if clip_ids is None else clip_ids
         means = {}
         for metric in metrics:
+            if metric == "vfid":
+                means[metric] = self.vfid(clip_ids)
+                continue
             values = self.values(metric, clip_ids)
             values = values[np.isfinite(values)]
             means[metric] = float(values.mean()) if len(values) else math.nan
         return means
+
+    def vfid(self, clip_ids: list[str]) -> float:
+        """VFID over ``clip_ids`` from the I3D features stored with their scores (NaN with fewer than 2 such clips)."""
+        stored = [self.scores[c].info for c in clip_ids if c in self.scores and "i3d_fake" in self.scores[c].info]
+        if len(stored) < 2:
+            return math.nan
+        return vfid(np.array([info["i3d_real"] for info in stored]), np.array([info["i3d_fake"] for info in stored]))
 
     def timing(self) -> dict[str, float]:
         """Inference seconds per clip and frames per second, over the clips this run inferred (NaN if none)."""
@@ -54,7 +65,8 @@ class MethodResult:
                 "frames_per_second": frames / seconds if seconds > 0 else math.nan}
 
     def to_csv(self, metrics: list[str]) -> str:
-        """One row per clip: ``clip_id``, each metric, ``seconds``, ``device``."""
+        """One row per clip: ``clip_id``, each per-clip metric, ``seconds``, ``device``."""
+        metrics = [m for m in metrics if m != "vfid"]
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(["clip_id", *metrics, "seconds", "device"])

@@ -22,7 +22,8 @@ from pydantic import BaseModel
 from evaluation.results import MethodResult
 from vipo.tracking import MLflowLogger
 
-__all__ = ["BenchmarkRuns", "TAG", "find_benchmark_runs", "log_compare_run", "log_method_run", "result_key"]
+__all__ = ["BenchmarkRuns", "TAG", "find_benchmark_runs", "log_compare_run", "log_method_run", "log_review",
+           "result_key"]
 
 TAG = "vipo.eval."
 PER_CLIP_JSON = "per_clip_metrics.json"
@@ -156,3 +157,21 @@ def find_benchmark_runs(tracking_uri: str, experiment: str, benchmark: str) -> B
     return BenchmarkRuns(latest[f"{TAG}benchmark"], benchmark_hash,
                          benchmark_dir if benchmark_dir is not None and benchmark_dir.is_dir() else None,
                          scoring_hash, sorted(results.values(), key=lambda r: r.label), baseline, other_hashes)
+
+
+def log_review(tracking_uri: str, experiment: str, benchmark_hash: str, metrics: Mapping[str, float],
+               unblinded: str, artifact_file: str) -> str:
+    """Log a blind review's preference rates and its unblinded choices to the latest finished compare run of
+    ``benchmark_hash`` → that run's id. Raises ``LookupError`` when the benchmark has no compare run."""
+    client = MlflowClient(tracking_uri)
+    runs = _finished_runs(client, experiment,
+                          f"tags.`{TAG}role` = 'compare' and tags.`{TAG}benchmark_hash` = '{benchmark_hash}'")
+    if not runs:
+        raise LookupError(f"no finished compare run of benchmark hash {benchmark_hash} in experiment {experiment!r}"
+                          f" at {tracking_uri}; run `vipo evaluate compare` first")
+    run_id = runs[0].info.run_id
+    for name, value in metrics.items():
+        if math.isfinite(value):
+            client.log_metric(run_id, name, value, step=0)
+    client.log_text(run_id, unblinded, artifact_file)
+    return run_id

@@ -28,19 +28,30 @@ from evaluation.metrics import (
     to_video_tensor,
     warping_error,
 )
+from evaluation.hallucination import (
+    HallucinationConfig,
+    PriorDifferenceConfig,
+    build_hallucination_scorer,
+    model_identity,
+)
+from evaluation.metrics.clip_consistency import clip_temporal_consistency, get_clip_embedder
 from evaluation.metrics.lpips_metric import _find_backbone_checkpoint
+from evaluation.methods.base import content_hash
+from evaluation.metrics.vfid import get_i3d, i3d_features
 from evaluation.metrics.warping import _raft_checkpoint
 from vipo.config import Config, ExistingPath
 from vipo.generate.candidates import hard_composite
 from vipo.tracking import file_hash
 
-__all__ = ["METRICS", "MetricInfo", "Scorer", "ScoringConfig"]
+__all__ = ["DEFAULT_METRICS", "METRICS", "MetricInfo", "Scorer", "ScoringConfig", "random_networks"]
 
 
 @dataclass(frozen=True)
 class MetricInfo:
     higher_is_better: bool
     description: str
+    per_clip: bool = True
+    """False for a distance between sets of clips (VFID): one value per method, no per-clip deltas."""
 
 
 METRICS: dict[str, MetricInfo] = {
@@ -58,10 +69,23 @@ METRICS: dict[str, MetricInfo] = {
     "ewarp_hole_x1000": MetricInfo(False, "warping error x1000 over pixels whose flow touches the hole"),
     "outside_mean_abs": MetricInfo(False, "mean |composite - GT| outside the hole (0 when compositing is right)"),
     "outside_max_abs": MetricInfo(False, "max |composite - GT| outside the hole"),
+    "tc_clip": MetricInfo(True, "CLIP temporal consistency: mean cosine similarity of consecutive frames' CLIP "
+                                "image embeddings (1 = identical)"),
+    "hallucination": MetricInfo(False, "hallucination rate: share of clips the hallucination scorer labels "
+                                       "hallucinated (NaN for a method without a prior)"),
+    "hallucination_score": MetricInfo(False, "hallucination scorer's per-clip score (prior_difference: share of "
+                                             "hole pixels far from the propagated prior)"),
+    "vfid": MetricInfo(False, "VFID: Fréchet distance of I3D features, GT vs composite, over all clips", False),
 }
-"""Every metric the scorer can compute: name → direction and meaning. Values are per clip (frame mean)."""
+"""Every metric the scorer can compute: name → direction and meaning. Values are per clip (frame mean), except
+VFID (one distance over the clips; the per-clip I3D features are stored with the scores)."""
+
+DEFAULT_METRICS = [name for name in METRICS if name not in {"tc_clip", "hallucination", "hallucination_score",
+                                                             "vfid"}]
+"""What is scored unless the config says otherwise: the metrics that need no weights beyond LPIPS/RAFT."""
 
 MetricName = Literal[tuple(METRICS)]  # type: ignore[valid-type]
+_HALLUCINATION = {"hallucination", "hallucination_score"}
 _LPIPS = {"lpips", "lpips_hole"}
 _EWARP = {"ewarp_x1000", "ewarp_hole_x1000"}
 _OUTSIDE = {"outside_mean_abs", "outside_max_abs"}
@@ -70,7 +94,7 @@ _OUTSIDE = {"outside_mean_abs", "outside_max_abs"}
 class ScoringConfig(Config):
     """Which metrics and the weights they need. Missing LPIPS/RAFT weights are an error, never a silent switch."""
 
-    metrics: list[MetricName] = Field(default_factory=lambda: list(METRICS), min_length=1)
+    metrics: list[MetricName] = Field(default_factory=lambda: list(DEFAULT_METRICS), min_length=1)
     lpips_net: Literal["alex", "vgg"] = "alex"
     lpips_backbone_weights: ExistingPath | None = None
     """torchvision ImageNet trunk (.pth); default: the torch hub cache (see ``evaluation.metrics.get_lpips``)."""
@@ -80,6 +104,17 @@ class ScoringConfig(Config):
     """Ground-truth flow of the warping error: OpenCV DIS, or torchvision RAFT-large (the group's choice)."""
     raft_weights: ExistingPath | None = None
     ring_px: int = Field(default=3, ge=1)
+    i3d_weights: ExistingPath | None = None
+    """The RGB I3D state_dict of VFID (``i3d_rgb_imagenet.pt``); required for ``vfid``."""
+    allow_random_i3d: bool = False
+    """Tests and demos only: a random I3D when no weights are given (the distances are then not VFID)."""
+    clip_weights: ExistingPath | None = None
+    """A local transformers CLIP folder for ``tc_clip`` (e.g. openai/clip-vit-base-patch32)."""
+    allow_random_clip: bool = False
+    """Tests and demos only: a small random CLIP tower when no weights are given (the numbers are then not TC)."""
+    vfid_batch: int = Field(default=8, ge=1)
+    """Videos per I3D forward pass (the ground truth and the composite of a clip go together)."""
+    hallucination: HallucinationConfig = PriorDifferenceConfig()
 
     def flow_note(self) -> str | None:
         """Which ground-truth flow the warping error used (its absolute values depend on it); None without it."""
@@ -91,7 +126,8 @@ class ScoringConfig(Config):
     def identity(self) -> dict:
         """What determines the scores: the settings plus the content hashes of the LPIPS trunk and RAFT weights
         actually found (config path or torch hub cache; not the paths). Missing weights fail here, before any run."""
-        data = self.model_dump(mode="json", exclude={"lpips_backbone_weights", "raft_weights"})
+        data = self.model_dump(mode="json", exclude={"lpips_backbone_weights", "raft_weights", "i3d_weights",
+                                                     "clip_weights", "hallucination", "vfid_batch"})
         data["metrics"] = sorted(self.metrics)
         wanted = set(self.metrics)
         if _LPIPS & wanted:
@@ -101,7 +137,34 @@ class ScoringConfig(Config):
             data["lpips_trunk"] = file_hash(trunk) if trunk is not None else "random"
         if _EWARP & wanted and self.flow == "raft":
             data["raft"] = file_hash(_raft_checkpoint(self.raft_weights))
+        if "vfid" in wanted:
+            if self.i3d_weights is None:
+                get_i3d(None, self.allow_random_i3d)  # raises FileNotFoundError unless random is allowed
+            data["i3d"] = content_hash([self.i3d_weights]) if self.i3d_weights is not None else "random"
+        if "tc_clip" in wanted:
+            if self.clip_weights is None:
+                get_clip_embedder(None, self.allow_random_clip)
+            data["clip"] = content_hash([self.clip_weights]) if self.clip_weights is not None else "random"
+        if _HALLUCINATION & wanted:
+            data["hallucination"] = model_identity(self.hallucination)
         return data
+
+    def needs_prior(self) -> bool:
+        """Whether scoring compares with the method's prior (the hallucination scorers do)."""
+        return bool(_HALLUCINATION & set(self.metrics))
+
+
+def random_networks(identity: dict) -> dict[str, str]:
+    """Metric name prefix → a sentence, for each metric network that was random in the scoring ``identity``
+    (:meth:`ScoringConfig.identity`); reports and logs print them so random numbers are never taken for real."""
+    notes = {}
+    if identity.get("lpips_trunk") == "random":
+        notes["lpips"] = f"LPIPS used a RANDOM {identity.get('lpips_net', '')} trunk: the lpips numbers are not LPIPS"
+    if identity.get("i3d") == "random":
+        notes["vfid"] = "VFID used a RANDOM I3D: the vfid numbers are not VFID"
+    if identity.get("clip") == "random":
+        notes["tc_clip"] = "TC used a RANDOM CLIP tower: the tc_clip numbers are not CLIP temporal consistency"
+    return notes
 
 
 class Scorer:
@@ -110,26 +173,37 @@ class Scorer:
     def __init__(self, config: ScoringConfig):
         self.config = config
         self.device = torch.device("cpu")
-        self._lpips = None
+        self._lpips = self._i3d = self._clip = self._hallucination = None
 
     def setup(self, device: str | torch.device) -> "Scorer":
         self.device = torch.device(device)
-        if _LPIPS & set(self.config.metrics):
-            self._lpips = get_lpips(self.config.lpips_net, self.config.lpips_backbone_weights,
-                                    self.config.allow_random_lpips_backbone).to(self.device)
+        config, wanted = self.config, set(self.config.metrics)
+        if _LPIPS & wanted:
+            self._lpips = get_lpips(config.lpips_net, config.lpips_backbone_weights,
+                                    config.allow_random_lpips_backbone).to(self.device)
+        if "vfid" in wanted:
+            self._i3d = get_i3d(config.i3d_weights, config.allow_random_i3d).to(self.device)
+        if "tc_clip" in wanted:
+            self._clip = get_clip_embedder(config.clip_weights, config.allow_random_clip).to(self.device)
+        if _HALLUCINATION & wanted:
+            self._hallucination = build_hallucination_scorer(config.hallucination)
+            self._hallucination.setup(self.device)
         return self
 
     @torch.no_grad()
-    def score(self, frames: np.ndarray, hole: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
+    def score(self, frames: np.ndarray, hole: np.ndarray, prediction: np.ndarray,
+              prior: np.ndarray | None = None) -> tuple[dict[str, float], dict[str, list[float]]]:
         """All configured metrics of one clip.
 
         Args:
             frames: ground truth, uint8 ``(F, H, W, 3)``.
             hole: bool ``(F, H, W)``, True = hole (the benchmark's, undilated).
             prediction: the method's raw output, uint8 ``(F, H, W, 3)``; only its hole pixels are used.
+            prior: the method's propagated prior (uint8, same shape) for the hallucination scorer, or None.
 
         Returns:
-            metric name → value (NaN where a region is empty in every frame).
+            metric name → value (NaN where a region is empty in every frame), and the clip's I3D features of the
+            ground truth and the composite (``i3d_real``/``i3d_fake``, 1024 floats each) when VFID is wanted.
         """
         if prediction.shape != frames.shape or prediction.dtype != np.uint8:
             raise ValueError(f"prediction must be uint8 {frames.shape}, got {prediction.dtype} {prediction.shape}")
@@ -138,7 +212,8 @@ class Scorer:
         target = to_video_tensor(frames, self.device)
         mask = to_mask_tensor(hole, like=composite)
         wanted = set(self.config.metrics)
-        values: dict[str, torch.Tensor] = {}
+        values: dict[str, torch.Tensor | float] = {}
+        features: dict[str, list[float]] = {}
         for region, suffix in (("frame", ""), ("hole", "_hole")):
             if f"psnr{suffix}" in wanted:
                 values[f"psnr{suffix}"] = masked_psnr(composite, target, mask, region=region)
@@ -161,4 +236,14 @@ class Scorer:
         if _OUTSIDE & wanted:
             change = outside_change(composite, target, mask)
             values["outside_mean_abs"], values["outside_max_abs"] = change.mean, change.max
-        return {name: float(values[name][0]) for name in self.config.metrics}
+        if "tc_clip" in wanted:
+            values["tc_clip"] = clip_temporal_consistency(composite, self._clip)
+        if _HALLUCINATION & wanted:
+            judged = self._hallucination(frames, hole, composite_frames, prior)
+            values["hallucination_score"] = judged.score
+            values["hallucination"] = float(judged.label) if judged.score == judged.score else float("nan")
+        if "vfid" in wanted:
+            real, fake = i3d_features(torch.cat([target, composite]), self._i3d, batch_size=self.config.vfid_batch)
+            features = {"i3d_real": real.tolist(), "i3d_fake": fake.tolist()}
+        metrics = {name: float(value if isinstance(value, float) else value[0]) for name, value in values.items()}
+        return {name: metrics[name] for name in self.config.metrics if name in metrics}, features

@@ -9,6 +9,7 @@ the prior method's stored prediction when there is one, else computes and stores
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,22 +81,25 @@ class EvaluateStage:
         frames, hole = self._benchmark.load_clip(clip_id)
         prediction = self._stored(self.method_hash, clip_id)
         seconds = float("nan")  # inference time is unknown for a prediction made by an earlier run
-        if prediction is None:
-            try:
-                prior = self._prior(clip_id, frames, hole)
+        try:
+            # The hallucination scorers compare with the prior, so it is needed even for a stored prediction.
+            needs_prior = prediction is None or self.scoring.needs_prior()
+            prior = self._prior(clip_id, frames, hole) if needs_prior else None
+            if prediction is None:
                 inpaint = self._model(self.method, "method")
                 start = time.perf_counter()
                 prediction = inpaint(frames, hole, prior)
                 seconds = time.perf_counter() - start
-            except Exception as err:
-                raise RuntimeError(f"method {self.label} failed on clip {clip_id} of benchmark "
-                                   f"{self._benchmark.name}: {type(err).__name__}: {err}") from err
+        except Exception as err:
+            raise RuntimeError(f"method {self.label} failed on clip {clip_id} of benchmark "
+                               f"{self._benchmark.name}: {type(err).__name__}: {err}") from err
+        if math.isfinite(seconds):
             if prediction.shape != frames.shape or prediction.dtype != np.uint8:
                 raise ValueError(f"method {self.label} returned {prediction.dtype} {prediction.shape} for "
                                  f"clip {clip_id}; expected uint8 {frames.shape}")
             self._cache.save_prediction(self._benchmark.hash, self.method_hash, clip_id, prediction)
-        metrics = self._scorer.score(frames, hole, prediction)
-        return ClipScores(clip_id, metrics, seconds, self.device, {"frames": int(len(frames))})
+        metrics, features = self._scorer.score(frames, hole, prediction, prior)
+        return ClipScores(clip_id, metrics, seconds, self.device, {"frames": int(len(frames)), **features})
 
     def process_batch(self, clip_ids: list[str]) -> list[ClipScores]:
         return [self.process(clip_id) for clip_id in clip_ids]

@@ -177,19 +177,37 @@ def tune(
 
 @app.command()
 def evaluate(
-    target: str = typer.Argument(..., help="An evaluation config YAML, or 'compare' to render a report."),
+    target: str = typer.Argument(
+        ..., help="An evaluation config YAML; 'compare' (render a report); 'review' (a blind A/B review page); "
+                  "'review-import' FILE (unblind an exported review and log its preference rates)."),
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
-    benchmark: Optional[str] = typer.Option(None, "--benchmark", help="With 'compare': the benchmark name or hash."),
-    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="With 'compare': the evaluation output_dir."),
+    benchmark: Optional[str] = typer.Option(None, "--benchmark",
+                                            help="With compare/review: the benchmark name or hash."),
+    output_dir: Optional[Path] = typer.Option(None, "--output-dir", help="With compare/review/review-import: the "
+                                                                         "evaluation output_dir."),
+    method_a: Optional[str] = typer.Option(None, "--a", help="With review: method label A."),
+    method_b: Optional[str] = typer.Option(None, "--b", help="With review: method label B."),
 ) -> None:
-    """Evaluate methods on a benchmark (`vipo evaluate cfg.yaml`) or compare them (`vipo evaluate compare`)."""
+    """Evaluate methods on a benchmark (`vipo evaluate cfg.yaml`), compare them (`vipo evaluate compare`), review
+    two of them blind (`vipo evaluate review --benchmark X --a M1 --b M2`, then `vipo evaluate review-import F`)."""
+    overrides = overrides or []
+    if target in ("compare", "review") and benchmark is None:
+        typer.echo(f"config error: {target} needs --benchmark NAME", err=True)
+        raise typer.Exit(2)
     if target == "compare":
-        if benchmark is None:
-            typer.echo("config error: compare needs --benchmark NAME", err=True)
+        _call("evaluate", None, overrides, compare=benchmark, output_dir=output_dir)
+    elif target == "review":
+        if method_a is None or method_b is None:
+            typer.echo("config error: review needs --a METHOD and --b METHOD", err=True)
             raise typer.Exit(2)
-        _call("evaluate", None, overrides or [], compare=benchmark, output_dir=output_dir)
+        _call("evaluate", None, overrides, review=(benchmark, method_a, method_b), output_dir=output_dir)
+    elif target == "review-import":
+        if not overrides:
+            typer.echo("config error: review-import needs the exported FILE", err=True)
+            raise typer.Exit(2)
+        _call("evaluate", None, overrides[1:], review_import=Path(overrides[0]), output_dir=output_dir)
     else:
-        _call("evaluate", Path(target), overrides or [])
+        _call("evaluate", Path(target), overrides)
 
 
 @app.command()

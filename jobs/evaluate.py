@@ -1,4 +1,5 @@
-"""``vipo evaluate <config.yaml> [key=value ...]`` and ``vipo evaluate compare --benchmark NAME [--output-dir D]``.
+"""``vipo evaluate <config.yaml> [key=value ...]``, ``vipo evaluate compare --benchmark NAME [--output-dir D]``,
+``vipo evaluate review --benchmark NAME --a M1 --b M2 [--output-dir D]`` and ``vipo evaluate review-import FILE``.
 
 Loads the config and hands it to :mod:`evaluation.job` (the pipeline lives there). Example configs:
 ``jobs/configs/eval_demo.yaml`` (sample data, tiny models, CPU) and ``jobs/configs/eval_davis50.yaml`` (the
@@ -15,21 +16,33 @@ from vipo.config import apply_overrides, load_config, validate_config
 
 
 def run(config_path: str | Path | None, overrides: Sequence[str], compare: str | None = None,
-        output_dir: Path | None = None) -> Path:
-    """Evaluate the config's methods on its benchmark, or (``compare`` = a benchmark name or hash) re-render the
-    comparison report from MLflow; ``output_dir`` is the evaluation's output folder for ``compare``. Returns the
-    report's HTML file."""
+        output_dir: Path | None = None, review: tuple[str, str, str] | None = None,
+        review_import: Path | None = None) -> Path:
+    """Evaluate the config's methods on its benchmark; or (``compare`` = a benchmark name or hash) re-render the
+    comparison report from MLflow; or (``review`` = (benchmark, method A, method B)) write a blind review page; or
+    (``review_import`` = an exported review) unblind it. ``output_dir`` is the evaluation's output folder. Returns
+    the page written (report or review) or, for an import, its results file."""
     from evaluation.config import CompareConfig, EvaluateConfig
     from evaluation.job import compare as compare_runs
     from evaluation.job import evaluate
 
+    # Names are set directly, not as key=value overrides: a hash of digits would otherwise parse as a number.
+    data = apply_overrides({}, overrides)
+    if output_dir is not None:
+        data["output_dir"] = str(output_dir)
     if compare is not None:
-        # Set directly, not as a key=value override: a hash of digits would otherwise parse as a number.
-        data = apply_overrides({}, overrides)
         data["benchmark"] = compare
-        if output_dir is not None:
-            data["output_dir"] = str(output_dir)
         return compare_runs(validate_config(CompareConfig, data, "vipo evaluate compare")).index
+    if review is not None:
+        from evaluation.review import ReviewConfig, write_review
+
+        data["benchmark"], data["a"], data["b"] = review
+        return write_review(validate_config(ReviewConfig, data, "vipo evaluate review"))
+    if review_import is not None:
+        from evaluation.review import ReviewImportConfig, import_review
+
+        data["file"] = str(review_import)
+        return import_review(validate_config(ReviewImportConfig, data, "vipo evaluate review-import")).results_file
     return evaluate(load_config(EvaluateConfig, config_path, overrides)).report.index
 
 

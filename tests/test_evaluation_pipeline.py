@@ -34,7 +34,7 @@ from evaluation.methods import (
 from vipo.stats import paired_delta
 from evaluation.runs import TAG
 from evaluation.metrics import frame_ssim_win65
-from evaluation.scoring import METRICS, Scorer, ScoringConfig
+from evaluation.scoring import Scorer, ScoringConfig
 from evaluation.stage import EvaluateStage
 from vipo.config import ConfigError, load_config
 from vipo.data import SAMPLE_DATA_ROOT
@@ -177,11 +177,11 @@ def test_scorer_reports_the_win65_ssim_of_the_hard_composite():
     hole = np.zeros(frames.shape[:3], bool)
     hole[:, 20:50, 10:40] = True
     scorer = Scorer(ScoringConfig(metrics=["ssim", "ssim_win65"])).setup("cpu")
-    scores = scorer.score(frames, hole, prediction)
+    scores, _ = scorer.score(frames, hole, prediction)
     composite = np.where(hole[..., None], prediction, frames)
     assert scores["ssim_win65"] == pytest.approx(frame_ssim_win65(composite, frames))
     assert scores["ssim_win65"] < 1 and scores["ssim_win65"] != pytest.approx(scores["ssim"])
-    small = scorer.score(frames[:, :32, :32], hole[:, :32, :32], prediction[:, :32, :32])
+    small, _ = scorer.score(frames[:, :32, :32], hole[:, :32, :32], prediction[:, :32, :32])
     assert np.isnan(small["ssim_win65"]) and np.isfinite(small["ssim"])  # 65 px window does not fit
 
 
@@ -291,7 +291,7 @@ def test_every_method_scores_every_clip_on_the_hard_composite(evaluation, demo_c
     for result in results.values():
         assert list(result.scores) == evaluation.benchmark.clip_ids and len(result.scores) == 2
         for clip_id, scores in result.scores.items():
-            assert set(scores.metrics) == set(METRICS) and scores.device == "cpu"
+            assert set(scores.metrics) == set(demo_config.scoring.metrics) and scores.device == "cpu"
             assert scores.metrics["outside_mean_abs"] == scores.metrics["outside_max_abs"] == 0.0
             frames, hole = evaluation.benchmark.load_clip(clip_id)
             prediction = cache.load_prediction(evaluation.benchmark.hash, result.method_hash, clip_id)
@@ -412,14 +412,18 @@ class _Tables(HTMLParser):
             self.rows[-1][-1] += data
 
 
-def test_report_table_lists_every_method_and_metric(evaluation):
+def test_report_table_lists_every_method_and_metric(evaluation, demo_config):
     page = evaluation.report.index.read_text()
     table = _Tables("means")
     table.feed(page)
     header, *rows = table.rows
-    assert [cell.split()[0] for cell in header[3:]] == list(METRICS)
+    # outside_* are 0 for every clip after hard compositing: one line, not columns
+    shown = [m for m in demo_config.scoring.metrics if not m.startswith("outside_")]
+    assert [cell.split()[0] for cell in header[3:]] == shown
+    assert "0 outside the mask: ok (outside_mean_abs, outside_max_abs = 0 for every clip of every method)" in page
+    assert "LPIPS used a RANDOM alex trunk" in page and "TC used a RANDOM CLIP tower" in page
     assert [row[0].split()[0] for row in rows] == ["diffueraser", "propainter", "stage3"]
-    assert table.bold >= len(METRICS)  # at least one best value per metric
+    assert table.bold >= len(shown)  # at least one best value per metric
     psnr = header.index("psnr ↑")
     best = max(evaluation.report.means.values(), key=lambda m: m["psnr"])["psnr"]
     assert f"<b>{best:.4f}</b>" in page and float(rows[0][psnr]) == pytest.approx(
@@ -427,7 +431,11 @@ def test_report_table_lists_every_method_and_metric(evaluation):
     assert "warping error: ground-truth flow from OpenCV DIS (medium preset)" in page
     deltas = _Tables("deltas")
     deltas.feed(page)
-    assert len(deltas.rows) == 1 + 2 * len(METRICS)
+    assert len(deltas.rows) == 1 + 2 * len(shown)
+    rates = _Tables("hallucination")
+    rates.feed(page)
+    assert [row[0] for row in rates.rows[1:]] == ["diffueraser", "propainter", "stage3"]
+    assert "not judged" in rates.rows[2][1]  # ProPainter has no prior to compare with
     # The stage-3 PSNR row, against the per-clip scores: mean paired delta, interval around it, win rate, clips.
     (row,) = [r for r in deltas.rows if r[0] == "stage3" and r[1].split()[0] == "psnr"]
     results = {r.label: r for r in evaluation.results}
@@ -438,7 +446,7 @@ def test_report_table_lists_every_method_and_metric(evaluation):
     assert low - 1e-4 <= paired.mean() <= high + 1e-4
     assert row[4] == f"{np.mean(paired > 0) + 0.5 * np.mean(paired == 0):.1%}" and row[5] == str(len(clips))
     folder = evaluation.report.folder
-    for name in ("bars.png", "scatter_propainter.png", "scatter_stage3.png", "summary.csv", "deltas.csv"):
+    for name in ("bars.png", "deltas.png", "scatter_propainter.png", "scatter_stage3.png", "summary.csv", "deltas.csv"):
         assert (folder / name).is_file()
     for clip_id in evaluation.benchmark.clip_ids:
         strip = Image.open(folder / "strips" / f"{clip_id}.png")
@@ -487,5 +495,6 @@ def test_compare_command_rebuilds_the_report_from_mlflow(evaluation, demo_config
     page = (demo_config.output_dir / "reports" / f"sample-{evaluation.benchmark.hash}" / "index.html").read_text()
     for label in ("diffueraser (baseline)", "propainter", "stage3"):
         assert label in page
+    assert "TC used a RANDOM CLIP tower" in page  # read back from the method runs' scoring identity
     missing = CliRunner().invoke(app, ["evaluate", "compare", "--benchmark", "nope", "--output-dir", str(tmp_path)])
     assert missing.exit_code == 2 and "no finished evaluation runs of benchmark 'nope'" in missing.output

@@ -7,11 +7,14 @@ converted here, so every metric takes the same inputs.
 
 from __future__ import annotations
 
+import warnings
+from typing import Callable, TypeVar
+
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["VideoLike", "mean_over_scored_frames", "to_mask_tensor", "to_video_tensor"]
+__all__ = ["VideoLike", "mean_over_scored_frames", "seeded_random_network", "to_mask_tensor", "to_video_tensor"]
 
 VideoLike = Tensor | np.ndarray
 
@@ -74,3 +77,15 @@ def mean_over_scored_frames(per_frame: Tensor, scored: Tensor) -> Tensor:
     """
     total = torch.where(scored, per_frame, torch.zeros_like(per_frame)).sum(dim=1)
     return total / scored.sum(dim=1)
+
+
+Network = TypeVar("Network", bound=torch.nn.Module)
+
+
+def seeded_random_network(build: Callable[[], Network], warning: str) -> Network:
+    """A metric network with random weights drawn from seed 0 (so repeatable), after warning that its numbers are
+    not the metric: only for tests and demos whose config explicitly allows it."""
+    warnings.warn(warning, stacklevel=3)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return build()

@@ -1,5 +1,5 @@
 """Statistics shared by evaluation and the Tune confirmation: paired per-clip deltas with bootstrap intervals."""
 
-from vipo.stats.paired import PairedDelta, paired_delta
+from vipo.stats.paired import PairedDelta, bootstrap_interval, paired_delta
 
-__all__ = ["PairedDelta", "paired_delta"]
+__all__ = ["PairedDelta", "bootstrap_interval", "paired_delta"]

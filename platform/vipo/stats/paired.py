@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PairedDelta", "paired_delta"]
+__all__ = ["PairedDelta", "bootstrap_interval", "paired_delta"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,20 @@ class PairedDelta:
     ci_low: float
     ci_high: float
     win_rate: float
+
+
+def bootstrap_interval(values: np.ndarray, *, samples: int = 2000, confidence: float = 0.95,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` ``(N,)`` (resampled with replacement, seeded);
+    NaN for an empty array. Also the interval of a rate when ``values`` are 0/1 labels."""
+    values = np.asarray(values, dtype=np.float64)
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(samples, len(values)))].mean(axis=1)
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(low), float(high)
 
 
 def paired_delta(candidate: np.ndarray, baseline: np.ndarray, higher_is_better: bool, *, samples: int = 2000,
@@ -41,10 +55,7 @@ def paired_delta(candidate: np.ndarray, baseline: np.ndarray, higher_is_better: 
     n = len(deltas)
     if n == 0:
         return PairedDelta(0, float("nan"), float("nan"), float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    means = deltas[rng.integers(0, n, size=(samples, n))].mean(axis=1)
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
+    low, high = bootstrap_interval(deltas, samples=samples, confidence=confidence, seed=seed)
     better = deltas > 0 if higher_is_better else deltas < 0
     wins = better.sum() + 0.5 * (deltas == 0).sum()
     return PairedDelta(n, float(deltas.mean()), float(low), float(high), float(wins / n))
