@@ -6,6 +6,7 @@ group: never ``ray stop``, which would kill every Ray on the machine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -44,17 +45,15 @@ def http_ok(url: str, headers: dict[str, str] | None = None) -> bool:
 
 
 def stop_group(process: subprocess.Popen, grace: float = 15.0) -> None:
-    """SIGTERM the process group, then SIGKILL what is left after ``grace`` seconds."""
-    if process.poll() is not None:
-        return
-    try:
+    """SIGTERM the process group, then SIGKILL what is left after ``grace`` seconds (also when the leader has
+    exited already: `ray start` leaves its GCS and raylet in the group)."""
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    except ProcessLookupError:
-        pass
+    process.wait()
 
 
 @dataclass
@@ -134,10 +133,8 @@ class RayNode:
         for _ in range(attempts):
             if self._launch():
                 return self
-            try:  # what the failed `ray start` left behind (GCS, raylet) is in its group
+            with contextlib.suppress(ProcessLookupError):  # what the failed `ray start` left (GCS, raylet)
                 os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.port, self.dashboard_port = free_port(), free_port()
         raise RuntimeError(f"ray head exited before its dashboard came up, {attempts} times\n"
                            f"{(self.temp_dir / 'head.log').read_text()[-3000:]}")
