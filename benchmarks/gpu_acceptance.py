@@ -244,7 +244,7 @@ def step_stage3(table: Table, sizes: Sizes, device: torch.device, stage2_seconds
         policy = PairDenoiser(copy.deepcopy(parts.unet), parts.brushnet)
         policy.requires_grad_(False)
         if scope == "lora":
-            add_spatial_lora(policy.unet, rank=16, alpha=16)
+            add_spatial_lora(policy.unet, rank=16, alpha=16, seed=0)
             reference = Reference(policy, adapter_off=True)
         else:
             frozen = PairDenoiser(copy.deepcopy(parts.unet), parts.brushnet).requires_grad_(False)

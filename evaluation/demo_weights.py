@@ -32,7 +32,7 @@ def write_stage3_stand_in(unet_dir: Path, brushnet_dir: Path, out_dir: Path, ran
     from vipo.models.lora import add_spatial_lora, merge_lora, save_lora
 
     unet = UNetMotionModel.from_pretrained(unet_dir, local_files_only=True)
-    add_spatial_lora(unet, rank, rank)
+    add_spatial_lora(unet, rank, rank, seed=seed)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in unet.named_parameters():

@@ -46,7 +46,7 @@ def build_policy(motion: bool = True) -> PairDenoiser:
     unet = UNetMotionModel.from_unet2d(unet_2d, tiny_motion_adapter()) if motion else unet_2d
     policy = PairDenoiser(unet, tiny_brushnet(unet_2d))
     policy.requires_grad_(False)
-    add_spatial_lora(policy.unet, rank=4, alpha=8)
+    add_spatial_lora(policy.unet, rank=4, alpha=8, seed=0)
     return policy
 
 
@@ -106,7 +106,7 @@ def test_lora_targets_exactly_the_spatial_attention_projections(policy):
     motion_attention = sum(1 for n, _ in policy.unet.named_modules() if "motion_modules" in n and n.endswith(".to_q"))
     assert motion_attention > 0
     unet_2d = tiny_unet()
-    add_spatial_lora(unet_2d, rank=2, alpha=2)
+    add_spatial_lora(unet_2d, rank=2, alpha=2, seed=0)
     assert len(lora_targets(unet_2d)) == 128
     assert all(p.requires_grad == ("lora_" in n) for n, p in policy.named_parameters())
 

@@ -131,7 +131,7 @@ def test_full_size_configs_validate_apart_from_their_paths(tmp_path, weights_roo
 def test_full_scope_trains_the_stage_modules_against_a_frozen_copy(tmp_path, weights_root, shards, stage):
     model = {"stage": 1, "parent": str(stage1_export(weights_root, tmp_path / "s1"))} if stage == 1 else {}
     cfg = stage3_config(weights_root, shards, tmp_path, tuning={"scope": "full"}, model=model)
-    frozen, policy = load_policy(cfg.model, cfg.tuning, torch.device("cpu"), torch.float32)
+    frozen, policy = load_policy(cfg.model, cfg.tuning, torch.device("cpu"), torch.float32, seed=0)
     trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
     reference = build_reference(cfg.model, cfg.tuning, cfg.reference, policy, torch.device("cpu"), torch.float32)
     assert reference.denoiser.unet is not policy.unet
@@ -159,7 +159,7 @@ def test_full_scope_trains_the_stage_modules_against_a_frozen_copy(tmp_path, wei
             if name in trainable:
                 param.add_(0.01)
     save_policy(policy, cfg.model, cfg.tuning, tmp_path / "weights")
-    _, resumed = load_policy(cfg.model, cfg.tuning, torch.device("cpu"), torch.float32, tmp_path / "weights")
+    _, resumed = load_policy(cfg.model, cfg.tuning, torch.device("cpu"), torch.float32, tmp_path / "weights", seed=0)
     resumed_params = dict(resumed.named_parameters())
     assert {n for n, p in resumed_params.items() if p.requires_grad} == trainable
     assert all(torch.equal(resumed_params[n], p) for n, p in policy.named_parameters())
@@ -200,14 +200,15 @@ def test_separate_reference_checkpoint_is_loaded_frozen_offloaded_and_not_checke
 
 def test_export_merged_and_adapter_load_in_the_pipeline_and_agree(tmp_path, weights_root, shards):
     cfg = stage3_config(weights_root, shards, tmp_path)
-    _, policy = load_policy(cfg.model, cfg.tuning, torch.device("cpu"), torch.float32)
+    _, policy = load_policy(cfg.model, cfg.tuning, torch.device("cpu"), torch.float32, seed=0)
     randomise_lora(policy)
     checkpoint = tmp_path / "checkpoint-00000001"
     save_policy(policy, cfg.model, cfg.tuning, checkpoint / WEIGHTS_DIR)
     out = tmp_path / "export"
     Stage3Recipe.export(cfg, checkpoint, out)
     assert {p.name for p in out.iterdir()} == {"unet_main", "brushnet", "lora"}
-    _, resumed = load_policy(cfg.model, cfg.tuning, torch.device("cpu"), torch.float32, checkpoint / WEIGHTS_DIR)
+    _, resumed = load_policy(cfg.model, cfg.tuning, torch.device("cpu"), torch.float32, checkpoint / WEIGHTS_DIR,
+                             seed=0)
     lora = {n: p for n, p in policy.named_parameters() if "lora_" in n}
     assert all(p.requires_grad and torch.equal(p, lora[n]) for n, p in resumed.named_parameters() if "lora_" in n)
 
@@ -246,7 +247,7 @@ def test_compose_a_dpo_stage1_lora_run_with_sft_stage2_motion_modules(tmp_path, 
     stage2_export = tmp_path / "stage2_export"
     shutil.copytree(DiffuEraserWeights(weights_root).motion_adapter, stage2_export / "motion_adapter")
     cfg = stage3_config(weights_root, shards, tmp_path, model={"stage": 1, "parent": str(parent)})
-    _, policy = load_policy(cfg.model, cfg.tuning, torch.device("cpu"), torch.float32)
+    _, policy = load_policy(cfg.model, cfg.tuning, torch.device("cpu"), torch.float32, seed=0)
     assert isinstance(policy.unet, UNet2DConditionModel)
     randomise_lora(policy)
     checkpoint = tmp_path / "run" / "checkpoint-00000001"

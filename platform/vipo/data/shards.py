@@ -272,6 +272,12 @@ class ShardInfo:
     clip_ids: tuple[str, ...]
 
 
+def _flush(path: Path) -> None:
+    # The rename must not overtake the data: without fsync a crash could leave a complete name over a hole.
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
 class ShardWriter:
     """Write one shard atomically: rows go to a hidden temp file, :meth:`commit` renames it into place.
 
@@ -307,9 +313,7 @@ class ShardWriter:
         if self._writer is None:
             raise ValueError(f"{self.path}: nothing written; an empty shard is not committed")
         self._writer.close()
-        # The rename must not overtake the data: without fsync a crash could leave a complete name over a hole.
-        with open(self._temp, "rb") as handle:
-            os.fsync(handle.fileno())
+        _flush(self._temp)
         os.replace(self._temp, self.path)
         self.info = ShardInfo(self.path.name, len(self._clip_ids), tuple(self._clip_ids))
         return self.info
@@ -416,6 +420,7 @@ class Manifest:
                 "clips": self.clips}
         temp = self.path.with_name(f".{MANIFEST_NAME}.{os.getpid()}.tmp")
         temp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        _flush(temp)
         os.replace(temp, self.path)
         return self.path
 

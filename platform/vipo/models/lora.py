@@ -19,6 +19,7 @@ import contextlib
 from pathlib import Path
 from typing import Iterator
 
+import torch
 from diffusers import UNet2DConditionModel, UNetMotionModel
 from peft import LoraConfig
 from peft.utils import set_peft_model_state_dict
@@ -52,13 +53,18 @@ projections of the spatial transformers (``…attentions.N…``), not ``…motio
 
 
 def add_spatial_lora(unet: UNet, rank: int, alpha: float, dropout: float = 0.0,
-                     adapter_name: str = ADAPTER_NAME) -> None:
+                     adapter_name: str = ADAPTER_NAME, *, seed: int) -> None:
     """Add a trainable LoRA (B = 0 at init, so the UNet is unchanged) on the spatial attention projections.
 
-    Everything else in ``unet`` keeps its ``requires_grad``; freeze the base weights before calling this.
+    Everything else in ``unet`` keeps its ``requires_grad``; freeze the base weights before calling this. peft
+    draws A from torch's global RNG: it is drawn here from ``seed`` (the run's), and the global RNG is left as it
+    was, so the same seed gives the same adapter in every process.
     """
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=SPATIAL_ATTENTION_TARGETS)
-    unet.add_adapter(config, adapter_name=adapter_name)
+    cuda = [unet.device] if unet.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
+        unet.add_adapter(config, adapter_name=adapter_name)
 
 
 def save_lora(unet: UNet, folder: str | Path, adapter_name: str = ADAPTER_NAME) -> Path:

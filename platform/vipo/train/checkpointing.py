@@ -7,10 +7,14 @@ A checkpoint folder (``checkpoint-00000100/``) holds:
   (ZeRO path, every rank writes its shard of the optimiser state);
 - ``rng/rank_00000.pt``: each rank's RNG states (Python, NumPy, torch, CUDA, the recipe's noise generator);
 - ``config.yaml``: the resolved config, so ``vipo export`` needs nothing but the folder;
-- ``progress.json``: :class:`TrainingProgress`, written last by rank 0 — a folder without it is incomplete.
+- ``progress.json``: :class:`TrainingProgress`, the completeness marker — a folder without it is incomplete.
 
 Every rank reports its local folder through ``ray.train.report``; Ray merges them into one folder under
-``output_dir/<run name>/`` and keeps the last K. ``ray.train.get_checkpoint()`` returns it on relaunch.
+``output_dir/<run name>/`` and keeps the last K. Once every rank's part is there, rank 0 fsyncs the folder and
+writes ``progress.json`` into it (:func:`mark_complete`). Ray's own record (its checkpoint-manager snapshot, what
+``ray.train.get_checkpoint()`` returns) is updated by the controller a moment later; a kill in between leaves a
+complete folder Ray does not know, so a relaunch resumes from the newer of the two records
+(:func:`resume_checkpoint`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import os
 import random
 import re
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,9 +42,14 @@ __all__ = [
     "capture_rng",
     "checkpoint_dir_name",
     "find_checkpoint",
+    "fsync_path",
+    "fsync_tree",
     "list_checkpoints",
+    "mark_complete",
     "restore_rng",
+    "resume_checkpoint",
     "rng_file",
+    "seed_global_rngs",
 ]
 
 WEIGHTS_DIR = "weights"
@@ -53,13 +62,15 @@ _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d{8})$")
 @dataclass
 class TrainingProgress:
     """Where training stands. ``batch_in_epoch`` counts micro-batches of ``epoch`` each rank has consumed, so a
-    resumed run skips exactly those and sees the same data order an uninterrupted run would."""
+    resumed run skips exactly those and sees the same data order an uninterrupted run would. ``guard`` is the
+    step guard's state (:meth:`vipo.train.guard.StepGuard.state_dict`)."""
 
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
     seed: int = 0
     samples_seen: int = 0
+    guard: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -76,15 +87,37 @@ def checkpoint_dir_name(step: int) -> str:
     return f"checkpoint-{step:08d}"
 
 
+def fsync_path(path: Path) -> None:
+    """Flush a file's data, or a folder's entries (so a rename in it survives a crash), to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: str | Path) -> None:
+    """Flush every file and folder under ``folder`` (and the folder's entry in its parent) to disk."""
+    folder = Path(folder)
+    for root, _, files in os.walk(folder):
+        for name in files:
+            fsync_path(Path(root) / name)
+        fsync_path(Path(root))
+    fsync_path(folder.parent)
+
+
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    # Write next to the target, then rename: readers see the old file or the whole new one, never a torn one.
+    # Write next to the target, flush it, then rename: readers see the old file or the whole new one, and after a
+    # crash the new name never points at data the disk did not get (the rename is flushed with the folder).
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        fsync_path(Path(tmp))
         os.replace(tmp, path)
+        fsync_path(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -97,6 +130,13 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 
 def atomic_write_text(text: str, path: str | Path) -> None:
     _atomic(Path(path), lambda tmp: tmp.write_text(text))
+
+
+def mark_complete(folder: str | Path, progress: TrainingProgress) -> None:
+    """Flush a checkpoint folder whose every part is written, then write its ``progress.json``: from then on it
+    counts as complete (:func:`list_checkpoints`)."""
+    fsync_tree(folder)
+    atomic_write_text(progress.to_json(), Path(folder) / PROGRESS_FILE)
 
 
 def rng_file(directory: Path, rank: int) -> Path:
@@ -114,6 +154,15 @@ def capture_rng(noise: torch.Generator) -> dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def seed_global_rngs(seed: int, rank: int) -> None:
+    """Seed Python's, NumPy's and torch's global RNGs (CUDA's too) from the run's seed and this rank, so draws a
+    library makes behind our back (peft's init, dropout) repeat from run to run and differ between ranks."""
+    mixed = int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+    random.seed(mixed)
+    np.random.seed(mixed)
+    torch.manual_seed(mixed)
 
 
 def restore_rng(state: dict[str, Any], noise: torch.Generator) -> None:
@@ -153,3 +202,14 @@ def find_checkpoint(run_dir: str | Path, step: int | str = "latest") -> Path:
             f"{run_dir}: no checkpoint at step {int(step)}; available: {', '.join(map(str, found))}"
         )
     return found[int(step)]
+
+
+def resume_checkpoint(run_dir: str | Path, ray_checkpoint: str | Path | None) -> Path | None:
+    """The newest complete checkpoint of the run: Ray's (``ray.train.get_checkpoint()``, when its marker is
+    written) or the newest complete folder in ``run_dir``, whichever has the higher step; None for a fresh run."""
+    candidates = list_checkpoints(run_dir)
+    if ray_checkpoint is not None and (Path(ray_checkpoint) / PROGRESS_FILE).is_file():
+        step = TrainingProgress.from_file(Path(ray_checkpoint) / PROGRESS_FILE).step
+        if step >= max(candidates, default=-1):
+            return Path(ray_checkpoint)
+    return candidates[max(candidates)] if candidates else None

@@ -21,6 +21,7 @@ __all__ = [
     "DeepSpeedSettings",
     "DiffuEraserModelSettings",
     "FailureSettings",
+    "GuardSettings",
     "ModelSettings",
     "OptimSettings",
     "ScalingSettings",
@@ -82,14 +83,31 @@ class CheckpointSettings(Config):
 
 
 class FailureSettings(Config):
-    """``max_failures`` worker-group restarts per launch (-1: unlimited).
+    """``max_failures`` worker-group restarts per launch (-1: unlimited); each resumes from the newest complete
+    checkpoint. ``preemption_grace_s``: after SIGTERM, how long the driver waits for the workers to checkpoint at
+    their next step boundary before it exits anyway (:mod:`vipo.train.preemption`).
 
     ``inject_at_step`` is a fault-tolerance drill: the workers crash once when they reach that step (a marker
     in the run folder keeps the relaunch from crashing again), so a cluster's resume path can be checked.
     """
 
     max_failures: int = Field(default=0, ge=-1)
+    preemption_grace_s: float = Field(default=120.0, gt=0)
     inject_at_step: int | None = Field(default=None, ge=1)
+
+
+class GuardSettings(Config):
+    """The step guard (:class:`vipo.train.guard.StepGuard`): which optimiser steps are skipped rather than taken.
+
+    A non-finite loss or gradient norm always skips the step. ``spike_factor`` (null: off) also skips a step whose
+    loss exceeds ``spike_factor`` × the mean of the last ``spike_window`` taken steps' losses (seed 004's rule,
+    5×), once that many are known and their mean is positive. ``max_consecutive_skips`` skipped steps in a row
+    stop the run with an error naming the reasons.
+    """
+
+    max_consecutive_skips: int = Field(default=5, ge=1)
+    spike_factor: float | None = Field(default=None, gt=1)
+    spike_window: int = Field(default=50, ge=1)
 
 
 class ValidationSettings(Config):
@@ -170,6 +188,7 @@ class TrainConfig(JobConfig):
     deepspeed: DeepSpeedSettings = DeepSpeedSettings()
     checkpointing: CheckpointSettings = CheckpointSettings()
     failure: FailureSettings = FailureSettings()
+    guard: GuardSettings = GuardSettings()
     validation: ValidationSettings = ValidationSettings()
 
     @model_validator(mode="before")

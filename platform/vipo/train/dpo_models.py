@@ -115,16 +115,17 @@ def _load(model: Stage3ModelSettings, device: torch.device, dtype: torch.dtype, 
 
 
 def load_policy(model: Stage3ModelSettings, tuning: TuningSettings, device: torch.device, frozen_dtype: torch.dtype,
-                weights: Path | None = None) -> tuple[FrozenEncoders, PairDenoiser]:
+                weights: Path | None = None, *, seed: int) -> tuple[FrozenEncoders, PairDenoiser]:
     """Frozen encoders and the policy with only the scope's parameters trainable (float32), started from
-    ``model.parent`` or, when resuming, from a checkpoint's ``weights`` folder (:func:`save_policy`)."""
+    ``model.parent`` or, when resuming, from a checkpoint's ``weights`` folder (:func:`save_policy`). A new
+    LoRA is initialised from ``seed`` (the run's)."""
     full_stage1 = tuning.scope == "full" and model.stage == 1
     start = weights if full_stage1 and weights is not None else model.parent
     frozen, unet, brushnet = _load(model, device, frozen_dtype, start, start)
     if tuning.scope == "lora":
         unet.requires_grad_(False)
         brushnet.requires_grad_(False)
-        add_spatial_lora(unet, tuning.lora.rank, tuning.lora.alpha, tuning.lora.dropout)
+        add_spatial_lora(unet, tuning.lora.rank, tuning.lora.alpha, tuning.lora.dropout, seed=seed)
         if weights is not None:
             load_lora_weights_into(unet, weights / LORA_DIR)
     elif model.stage == 2:
@@ -171,7 +172,7 @@ def export_policy(model: Stage3ModelSettings, tuning: TuningSettings, weights: P
     """Diffusers folders for inference: ``unet_main/`` (LoRA merged in), ``brushnet/``, plus ``lora/`` (the
     adapter, to load on the parent's ``unet_main`` with :func:`vipo.models.lora.load_lora`) or
     ``motion_adapter/`` (full stage 2)."""
-    _, policy = load_policy(model, tuning, torch.device("cpu"), torch.float32, weights)
+    _, policy = load_policy(model, tuning, torch.device("cpu"), torch.float32, weights, seed=0)  # init overwritten
     policy.requires_grad_(False)
     if tuning.scope == "lora":
         save_lora(policy.unet, out_dir / LORA_DIR)

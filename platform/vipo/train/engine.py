@@ -2,8 +2,9 @@
 
 Both engines expose the same small surface, so a recipe never branches on the backend:
 ``engine.module`` (call it for the forward pass), ``engine.model`` (the unwrapped module, for ``save_pretrained``
-and validation), ``engine.input_dtype`` (cast model inputs to it), ``engine.micro_step(loss_fn)`` (forward +
-backward + clipping + optimiser/scheduler step at the accumulation boundary), ``engine.lr``,
+and validation), ``engine.input_dtype`` (cast model inputs to it), ``engine.micro_step(loss_fn, judge)`` (forward +
+backward + clipping + optimiser/scheduler step at the accumulation boundary, unless ``judge`` — the loop's
+:class:`vipo.train.guard.StepGuard` — names a reason to skip it), ``engine.lr``,
 ``engine.full_weights()`` (a context in which every rank sees whole tensors: ZeRO-3 gathers; entered by all
 ranks), ``engine.shards_parameters`` (ZeRO-3), and
 ``save_state``/``load_state`` for the optimiser side of a checkpoint.
@@ -16,7 +17,7 @@ import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager, Protocol
+from typing import Callable, ContextManager, Optional, Protocol
 
 import torch
 from torch import nn
@@ -26,6 +27,7 @@ from vipo.train.config import TrainConfig
 
 __all__ = [
     "PRECISION_DTYPES",
+    "StepJudge",
     "DeepSpeedEngine",
     "Engine",
     "MultiStepWarmup",
@@ -36,6 +38,10 @@ __all__ = [
 ]
 
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+StepJudge = Callable[[Optional[float]], Optional[str]]
+"""Called at the accumulation boundary with the gradient norm before clipping (None where the backend only knows
+it after the step): None to take the optimiser step, else the reason it is skipped."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +77,8 @@ class Engine(Protocol):
 
     @property
     def lr(self) -> float: ...
-    def micro_step(self, loss_fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float | None]: ...
+    def micro_step(self, loss_fn: Callable[[], torch.Tensor],
+                   judge: StepJudge | None = None) -> tuple[torch.Tensor, float | None]: ...
     def full_weights(self) -> ContextManager: ...
     def save_state(self, directory: Path, ctx: WorkerContext) -> None: ...
     def load_state(self, directory: Path) -> None: ...
@@ -150,9 +157,12 @@ class TorchEngine:
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
-    def micro_step(self, loss_fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float | None]:
+    def micro_step(self, loss_fn: Callable[[], torch.Tensor],
+                   judge: StepJudge | None = None) -> tuple[torch.Tensor, float | None]:
         """Run ``loss_fn`` (which calls ``self.module``), backpropagate ``loss / grad_accum`` and, at the
-        accumulation boundary, clip, step and advance the schedule. Returns (loss, grad norm or None)."""
+        accumulation boundary, clip, step and advance the schedule — unless ``judge(grad_norm)`` gives a reason
+        to skip: then weights, optimiser state, schedule and grad scale stay as they were and the gradients are
+        dropped. Returns (loss, grad norm or None between boundaries)."""
         boundary = (self.micro + 1) % self.grad_accum == 0
         # Between boundaries DDP must not all-reduce: gradients only accumulate locally.
         sync = contextlib.nullcontext() if boundary or self.module is self.model else self.module.no_sync()
@@ -170,15 +180,23 @@ class TorchEngine:
             return loss.detach(), None
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
-        if self.scaler:
-            self.scaler.step(self.optimizer)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm))
+        if judge is None or judge(grad_norm) is None:
+            if self.scaler:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.scheduler.step()
+        elif self.scaler:
+            # unscale_ must be followed by update() before the next step. A skip for the loss keeps the scale;
+            # overflowing gradients are the scaler's cue to lower it, exactly as GradScaler.step would.
+            kept = self.scaler.state_dict()
             self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.scheduler.step()
+            if math.isfinite(grad_norm):
+                self.scaler.load_state_dict(kept)
         self.optimizer.zero_grad(set_to_none=True)
-        return loss.detach(), float(grad_norm)
+        return loss.detach(), grad_norm
 
     def full_weights(self) -> ContextManager:
         return contextlib.nullcontext()
@@ -226,10 +244,19 @@ class DeepSpeedEngine:
     def lr(self) -> float:
         return self.module.get_lr()[0]
 
-    def micro_step(self, loss_fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float | None]:
+    def micro_step(self, loss_fn: Callable[[], torch.Tensor],
+                   judge: StepJudge | None = None) -> tuple[torch.Tensor, float | None]:
+        """As :meth:`TorchEngine.micro_step`, but DeepSpeed's engine steps (and knows the gradient norm) inside
+        ``step()`` and cannot skip an update from outside: ``judge`` sees the loss only, and a skip verdict stops
+        the run before the update (the weights stay finite; relaunch resumes from the last checkpoint)."""
         loss = loss_fn()
         self.module.backward(loss)
         boundary = self.module.is_gradient_accumulation_boundary()  # must be read before step()
+        if boundary and judge is not None:
+            reason = judge(None)
+            if reason is not None:
+                raise RuntimeError(f"step guard: {reason} (loss {float(loss)}); DeepSpeed cannot skip an optimiser "
+                                   "step, so the run stops before it with its weights intact")
         self.module.step()
         if not boundary:
             return loss.detach(), None

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import yaml
 
-from vipo.train.checkpointing import CONFIG_FILE, find_checkpoint
+from vipo.train.checkpointing import CONFIG_FILE, find_checkpoint, fsync_path, fsync_tree
 from vipo.train.config import train_config_from_dict
 from vipo.train.recipes import get_recipe
 
-__all__ = ["MOTION_ADAPTER_DIR", "compose_motion", "export", "export_checkpoint", "motion_adapter_folder"]
+__all__ = ["MOTION_ADAPTER_DIR", "compose_motion", "export", "export_checkpoint", "motion_adapter_folder",
+           "replace_folder", "restore_folder"]
 
 MOTION_ADAPTER_DIR = "motion_adapter"
 
@@ -80,7 +81,8 @@ def export(run_dir: str | Path, step: int | str = "latest", out_dir: str | Path 
     """Export checkpoint ``step`` (int or ``"latest"``) of a run folder (``output_dir/<run name>``).
 
     ``out_dir`` defaults to ``<run_dir>/export/step_NNNNNNNN`` (``..._composed`` with ``compose``). The folder
-    is written next to its final place and renamed into it, so it is never seen half-written.
+    is written next to its final place, flushed, and swapped in by :func:`replace_folder`, so it is never seen
+    half-written and a kill at any point leaves the old export or the new one.
     """
     checkpoint = find_checkpoint(run_dir, step)
     suffix = "_composed" if compose else ""
@@ -93,7 +95,34 @@ def export(run_dir: str | Path, step: int | str = "latest", out_dir: str | Path 
             compose_motion(image_export, motion_adapter_folder(Path(compose), Path(tmp)), staging)
         else:
             export_checkpoint(checkpoint, staging)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        replace_folder(staging, out)
     return out
+
+
+def _aside(target: Path) -> Path:
+    return target.with_name(f".{target.name}.previous")
+
+
+def restore_folder(target: Path) -> None:
+    """Undo what a kill in the middle of :func:`replace_folder` left: put the old folder back when the new one never
+    arrived, or delete it when the swap was done."""
+    aside = _aside(target)
+    if aside.exists():
+        if target.exists():
+            shutil.rmtree(aside)
+        else:
+            aside.rename(target)
+
+
+def replace_folder(new: Path, target: Path) -> None:
+    """Move the finished folder ``new`` to ``target`` (same file system), replacing what is there: flush ``new``,
+    rename the old ``target`` aside (``.<name>.previous``), rename ``new`` in, flush, then delete the old one.
+    A kill between the two renames leaves the old folder aside, which :func:`restore_folder` (run first here)
+    puts back."""
+    restore_folder(target)
+    fsync_tree(new)
+    if target.exists():
+        target.rename(_aside(target))
+    new.rename(target)
+    fsync_path(target.parent)
+    shutil.rmtree(_aside(target), ignore_errors=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,11 +35,16 @@ from vipo.train.checkpointing import (
     atomic_write_text,
     capture_rng,
     checkpoint_dir_name,
+    mark_complete,
     restore_rng,
+    resume_checkpoint,
     rng_file,
+    seed_global_rngs,
 )
 from vipo.train.config import TrainConfig
 from vipo.train.engine import Engine, WorkerContext
+from vipo.train.guard import StepGuard, nonfinite_parameters
+from vipo.train.preemption import stop_requested
 
 __all__ = ["DRILL_MARKER", "InjectedFailure", "Recipe", "TrainLoop", "run_recipe", "video_grid"]
 
@@ -113,8 +119,12 @@ class TrainLoop:
                  checkpoint: Path | None, loader_workers: int = 0):
         self.recipe, self.cfg, self.ctx, self.engine, self.dataset = recipe, cfg, ctx, engine, dataset
         self.loader_workers = loader_workers
+        seed_global_rngs(cfg.seed, ctx.rank)  # a resume then restores the checkpoint's states instead
         self.noise = torch.Generator().manual_seed(cfg.seed * 100_003 + ctx.rank)
         self.progress = TrainingProgress(seed=cfg.seed)
+        self.guard = StepGuard(cfg.guard)
+        self._skip_reason: str | None = None  # the guard's verdict on the step in progress
+        self.stopped_early = False  # a stop request (SIGTERM to the driver) ended the run at a checkpoint
         if checkpoint is not None:
             self._restore(checkpoint)
         # Decided once, on every rank alike, so all ranks crash together and a relaunch does not crash again.
@@ -157,11 +167,12 @@ class TrainLoop:
         Returns the export folder (rank 0) or None. The MLflow run is closed FINISHED or FAILED."""
         try:
             self._train()
-            out = self._export() if self.cfg.export_on_finish and self.ctx.is_main else None
+            finished = not self.stopped_early
+            out = self._export() if finished and self.cfg.export_on_finish and self.ctx.is_main else None
         except BaseException:
             self.logger.close("FAILED")
             raise
-        self.logger.close()
+        self.logger.close("FINISHED" if finished else "KILLED")
         return out
 
     def _train(self) -> None:
@@ -171,19 +182,33 @@ class TrainLoop:
         step_start = time.perf_counter()
         bar = tqdm(total=cfg.optim.max_steps, initial=p.step, desc=f"train {cfg.run_name}",
                    disable=not self.ctx.is_main, dynamic_ncols=True)
-        while p.step < cfg.optim.max_steps:
+        while p.step < cfg.optim.max_steps and not self.stopped_early:
             for batch in self.epoch_loader(p.epoch, p.batch_in_epoch):
                 def loss_fn() -> torch.Tensor:
                     loss, metrics = self.recipe.compute_loss(batch)
                     extras.update(metrics)
+                    micro_losses.append(loss.detach().float())
                     return loss
 
+                def judge(grad_norm: float | None) -> str | None:
+                    # The step's loss over its micro-batches and ranks: every rank reaches the same verdict.
+                    self._skip_reason = self.guard.check(self._mean_over_ranks(torch.stack(micro_losses).mean()),
+                                                         grad_norm)
+                    return self._skip_reason
+
                 lr = self.engine.lr  # the rate this update uses: the schedule advances inside micro_step
-                loss, grad_norm = self.engine.micro_step(loss_fn)
-                micro_losses.append(loss.float())
+                self._skip_reason = None
+                _, grad_norm = self.engine.micro_step(loss_fn, judge)
                 p.batch_in_epoch += 1
                 p.samples_seen += cfg.batch_size * self.ctx.world_size
                 if grad_norm is None:
+                    continue
+                if self._skip_reason is not None:
+                    tqdm.write(f"warning: optimiser step {p.step + 1} skipped ({self._skip_reason}: loss "
+                               f"{torch.stack(micro_losses).mean().item()}, grad norm {grad_norm}); "
+                               f"{self.guard.consecutive} in a row", file=sys.stderr)
+                    micro_losses.clear()
+                    extras.clear()
                     continue
                 p.step += 1
                 elapsed = time.perf_counter() - step_start
@@ -195,19 +220,38 @@ class TrainLoop:
                 if self.ctx.is_main and p.step % cfg.log_every_n_steps == 0:
                     self.logger.log_metrics(metrics, step=p.step)
                 last = p.step >= cfg.optim.max_steps
-                if last or p.step % cfg.checkpointing.every_n_steps == 0:
+                saved = last or p.step % cfg.checkpointing.every_n_steps == 0
+                if saved:
                     self.save(metrics)
                 every = cfg.validation.every_n_steps
                 if every is not None and (last or p.step % every == 0):
                     self.validate()
                 self._maybe_inject_failure()
                 step_start = time.perf_counter()
-                if last:
+                if not last and self._stop_requested():
+                    if not saved:
+                        self.save(metrics)
+                    self.stopped_early = True
+                if last or self.stopped_early:
                     break
             else:
                 p.epoch += 1
                 p.batch_in_epoch = 0
         bar.close()
+
+    def _stop_requested(self) -> bool:
+        """Rank 0's view of the stop request, on every rank: all stop after the same step."""
+        flag = torch.tensor([float(self.ctx.is_main and stop_requested(self.cfg.run_dir))], device=self.ctx.device)
+        if self.ctx.world_size > 1:
+            dist.broadcast(flag, src=0)
+        return bool(flag.item())
+
+    def _mean_over_ranks(self, value: torch.Tensor) -> float:
+        if self.ctx.world_size == 1:
+            return float(value)
+        value = value.detach().to(self.ctx.device, torch.float64)
+        dist.all_reduce(value)
+        return value.item() / self.ctx.world_size
 
     def _step_metrics(self, loss: torch.Tensor, extras: Mapping[str, float], grad_norm: float, lr: float,
                       elapsed: float) -> dict[str, float]:
@@ -223,25 +267,36 @@ class TrainLoop:
         metrics = {"loss": values[0].item(), **{n: v.item() for n, v in zip(names, values[1:])}}
         metrics.update(lr=lr, grad_norm=grad_norm, step_time_s=elapsed,
                        samples_per_s=samples / elapsed if elapsed > 0 else math.nan, epoch=self.progress.epoch)
+        metrics.update(self.guard.metrics())
         if self.ctx.device.type == "cuda":
             metrics["gpu_mem_peak_gb"] = torch.cuda.max_memory_allocated(self.ctx.device) / 2**30
         return metrics
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def save(self, metrics: Mapping[str, float]) -> None:
-        """Write this rank's part of the checkpoint and report it (every rank, so Ray merges the folders)."""
+        """Write this rank's part of the checkpoint and report it (every rank, so Ray merges the folders).
+        Weights holding a NaN or an infinity are never written: the run stops instead."""
         step = self.progress.step
+        self.progress.guard = self.guard.state_dict()
         with tempfile.TemporaryDirectory(prefix="vipo-ckpt-") as tmp:
             directory = Path(tmp)
             with self.engine.full_weights():
+                bad = nonfinite_parameters((n, p) for n, p in self.engine.model.named_parameters() if p.requires_grad)
+                if bad:
+                    raise RuntimeError(f"step {step}: non-finite weights ({', '.join(bad[:3])}, ...: {len(bad)} "
+                                       "tensors); no checkpoint written. Relaunch resumes from the last good one")
                 if self.ctx.is_main:
                     self.recipe.save_checkpoint(directory / WEIGHTS_DIR)
             self.engine.save_state(directory, self.ctx)
             atomic_save(capture_rng(self.noise), rng_file(directory, self.ctx.rank))
             if self.ctx.is_main:
                 atomic_write_text(yaml.safe_dump(dump_config(self.cfg), sort_keys=False), directory / CONFIG_FILE)
-                atomic_write_text(self.progress.to_json(), directory / PROGRESS_FILE)  # last: marks completeness
             self._report(dict(metrics, step=step), directory, checkpoint_dir_name(step))
+        # Every rank's part is in the run folder once every rank is back from report(): only then is it complete.
+        if self.ctx.world_size > 1:
+            dist.barrier()
+        if self.ctx.is_main:
+            mark_complete(self.cfg.run_dir / checkpoint_dir_name(step), self.progress)
 
     def _report(self, metrics: dict, directory: Path, name: str) -> None:
         if self.ctx.in_ray:
@@ -258,6 +313,7 @@ class TrainLoop:
     def _restore(self, checkpoint: Path) -> None:
         self.engine.load_state(checkpoint)
         self.progress = TrainingProgress.from_file(checkpoint / PROGRESS_FILE)
+        self.guard.load_state_dict(self.progress.guard)
         rng = rng_file(checkpoint, self.ctx.rank)
         if rng.is_file():
             restore_rng(torch.load(rng, map_location="cpu", weights_only=False), self.noise)
@@ -308,16 +364,18 @@ class TrainLoop:
 
 
 def run_recipe(recipe_cls: type[Recipe], config: dict) -> None:
-    """The body of every recipe's Ray Train function: validate, restore, setup → train → cleanup."""
+    """The body of every recipe's Ray Train function: validate, restore, setup → train → cleanup. It resumes from
+    the newest complete checkpoint of Ray's record and the run folder's (:func:`resume_checkpoint`)."""
     import ray.train
 
     cfg = validate_config(recipe_cls.config_class, config, "<train config>")
     ctx = WorkerContext.from_ray()
-    checkpoint = ray.train.get_checkpoint()
+    ray_checkpoint = ray.train.get_checkpoint()
+    seed_global_rngs(cfg.seed, ctx.rank)  # setup's draws (model init) repeat too
     recipe = recipe_cls(cfg, ctx)
     try:
-        with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as directory:
-            recipe.setup(Path(directory) if directory else None)
+        with ray_checkpoint.as_directory() if ray_checkpoint else contextlib.nullcontext() as directory:
+            recipe.setup(resume_checkpoint(cfg.run_dir, directory))
         recipe.train()
     finally:
         recipe.cleanup()

@@ -3,7 +3,8 @@
 The run lives in ``output_dir/<run name>`` (Ray Train V2's ``RunConfig(storage_path, name)``). Launching the same
 config again resumes from the latest checkpoint there: the controller finds it and ``ray.train.get_checkpoint()``
 hands it to every worker. ``scaling.use_gpu: false`` trains with DDP over gloo on CPUs; with GPUs Ray sets up
-NCCL and the recipe runs under DeepSpeed when ``deepspeed.enabled``.
+NCCL and the recipe runs under DeepSpeed when ``deepspeed.enabled``. SIGTERM during ``fit`` checkpoints at the
+next step boundary and raises :class:`vipo.train.preemption.Preempted` (:mod:`vipo.train.preemption`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from typing import TYPE_CHECKING, Sequence
 
 from vipo.config import dump_config
 from vipo.tracking import init_ray
+from vipo.train.checkpointing import PROGRESS_FILE, TrainingProgress, resume_checkpoint
 from vipo.train.config import TrainConfig
+from vipo.train.preemption import Preempted, stop_on_sigterm
 from vipo.train.recipes import get_recipe, recipe_module
 
 if TYPE_CHECKING:
@@ -49,8 +52,17 @@ def build_trainer(cfg: TrainConfig, callbacks: Sequence["UserCallback"] = ()) ->
 
 def fit(cfg: TrainConfig, callbacks: Sequence["UserCallback"] = ()) -> "Result":
     """Start or join Ray (``cfg.ray``), then train; raises ``ray.train.TrainingFailedError`` when the workers
-    fail more than ``failure.max_failures`` times (relaunch to resume)."""
+    fail more than ``failure.max_failures`` times, :class:`Preempted` when SIGTERM stopped the run at a
+    checkpoint (relaunch to resume either way)."""
     init_ray(cfg.ray)
-    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
     get_recipe(cfg.recipe).prepare(cfg)
-    return build_trainer(cfg, callbacks).fit()
+    with stop_on_sigterm(cfg.run_dir, cfg.failure.preemption_grace_s) as signalled:
+        result = build_trainer(cfg, callbacks).fit()
+    if signalled.is_set():
+        latest = resume_checkpoint(cfg.run_dir, None)
+        step = TrainingProgress.from_file(latest / PROGRESS_FILE).step if latest else 0
+        if step < cfg.optim.max_steps:
+            raise Preempted(f"stopped on SIGTERM at step {step} (checkpoint {latest}); relaunch the same command to "
+                            "resume there")
+    return result

@@ -109,7 +109,8 @@ class Stage3Recipe(DiffuEraserRecipe):
         """Policy (resumed from ``checkpoint`` if given), engine, reference, health monitor, data, loop."""
         cfg, ctx = self.cfg, self.ctx
         weights = checkpoint / WEIGHTS_DIR if checkpoint else None
-        self.frozen, policy = load_policy(cfg.model, cfg.tuning, ctx.device, frozen_dtype(cfg, ctx), weights)
+        self.frozen, policy = load_policy(cfg.model, cfg.tuning, ctx.device, frozen_dtype(cfg, ctx), weights,
+                                          seed=cfg.seed)
         trained = [m for m in (policy.unet, policy.brushnet) if any(p.requires_grad for p in m.parameters())]
         apply_model_settings(trained, cfg.model)
         self.engine = build_engine(policy, cfg, ctx)
