@@ -246,7 +246,7 @@ class WanVaeRecipe:
                                 self.loop.progress.step)
         weights = self.weights(self.loop.progress.step)
         total = sum(weights[name] * value for name, value in terms.items())
-        return total, {f"loss/{name}": float(value) for name, value in terms.items()} | {
+        return total, {f"loss/{name}": float(value.detach()) for name, value in terms.items()} | {
             f"weight/{name}": weights[name] for name in ("lpips", "kl")}
 
     def loss_terms(self, prediction: torch.Tensor, target: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor,
