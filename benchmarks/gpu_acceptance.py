@@ -58,13 +58,14 @@ class Sizes:
     long_shape: tuple[int, int]
     propainter_shape: tuple[int, int, int]  # frames, height, width
     propainter_subvideo: int
+    raft_iterations: int
     metrics_pixels: int
     metrics_frames: int
     generation_clips: int
 
 
-FULL = Sizes(22, 512, "full", 250, (720, 1280), (80, 480, 854), 20, 512, 32, 4)
-DRY = Sizes(4, 32, "tiny", 8, (32, 48), (6, 48, 64), 3, 64, 4, 4)
+FULL = Sizes(22, 512, "full", 250, (720, 1280), (80, 480, 854), 20, 20, 512, 32, 4)
+DRY = Sizes(4, 32, "tiny", 8, (32, 48), (6, 48, 64), 3, 4, 64, 4, 4)
 
 
 @dataclass
@@ -282,7 +283,8 @@ def step_propainter(table: Table, sizes: Sizes, device: torch.device) -> None:
     for fp16 in ([False, True] if device.type == "cuda" else [False]):
         for subvideo in (frames, sizes.propainter_subvideo):
             pipeline = ProPainterPipeline.from_random(seed=0, device=device, subvideo_length=subvideo,
-                                                      progress=False, fp16=fp16)
+                                                      progress=False, fp16=fp16,
+                                                      raft_iterations=sizes.raft_iterations)
             with torch.no_grad(), measured(device) as m:
                 pipeline(clip, holes)
             table.add("4 propainter", f"{frames}x{height}x{width} {'fp16' if fp16 else 'fp32'} sub-video {subvideo}",
@@ -334,7 +336,7 @@ def step_generation(table: Table, sizes: Sizes, device: torch.device, weights: P
 
     out = Path(tempfile.mkdtemp(prefix="vipo-gpu-acceptance-"))
     overrides = [f"output_dir={out / 'generate'}", f"sources.0.root={SAMPLE_DATA_ROOT}", "masks_per_clip=1",
-                 f"max_videos={sizes.generation_clips}", "stages.0.pool_size=1",
+                 f"max_videos={sizes.generation_clips}", "stages.0.max_size=1",
                  f"tracking.tracking_uri=sqlite:///{out / 'mlflow.db'}"]
     if device.type == "cuda":
         overrides += ["stages.0.num_gpus=1", "ray.num_gpus=1"]

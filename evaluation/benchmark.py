@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import numpy as np
+from PIL import Image
 from pydantic import Field, model_validator
 
 from vipo.config import Config, ExistingPath, dump_config
@@ -50,12 +51,18 @@ class _MaskSpec(Config):
     dilation: int = Field(default=0, ge=0, description="3x3-cross dilation iterations applied to the holes")
 
 
-class FolderMasks(_MaskSpec):
+class _MaskFolderSpec(_MaskSpec):
+    root: ExistingPath
+    resize: bool = False
+    """Masks whose size differs from their video's frames are an error naming the file and both sizes; ``true``
+    resizes them to the frames (nearest neighbour) instead."""
+
+
+class FolderMasks(_MaskFolderSpec):
     """``<root>/<video name>/*.png`` (255 = hole), e.g. E2FGVI/FuseFormer ``test_masks``; frame i uses the i-th
     PNG in natural order."""
 
     kind: Literal["folder"] = "folder"
-    root: ExistingPath
 
 
 class RandomMasks(_MaskSpec):
@@ -66,12 +73,11 @@ class RandomMasks(_MaskSpec):
     shape: MovingMaskConfig = MovingMaskConfig()
 
 
-class AnnotationMasks(_MaskSpec):
+class AnnotationMasks(_MaskFolderSpec):
     """Object masks from palette annotations ``<root>/<video name>/*.png`` (DAVIS ``Annotations/480p``);
     ``object_ids`` picks objects (default: every non-background index)."""
 
     kind: Literal["annotations"] = "annotations"
-    root: ExistingPath
     object_ids: list[int] | None = None
 
 
@@ -201,7 +207,19 @@ def _mask_folder(masks: FolderMasks | AnnotationMasks, video: Video) -> Path:
     return folder
 
 
-def _holes(config: BenchmarkConfig, video: Video, indices: list[int]) -> np.ndarray:
+def _check_mask_sizes(masks: FolderMasks | AnnotationMasks, folder: Path, frame_size: tuple[int, int]) -> None:
+    """Refuse masks of another size than the video's frames (``frame_size`` = height, width) unless ``resize``."""
+    if masks.resize:
+        return
+    for path in sorted(folder.glob("*.png")):
+        with Image.open(path) as image:
+            width, height = image.size
+        if (height, width) != frame_size:
+            raise ValueError(f"{path}: mask is {width}x{height} but the video's frames are {frame_size[1]}x"
+                             f"{frame_size[0]}; give masks of the frames' size or set benchmark.masks.resize: true")
+
+
+def _holes(config: BenchmarkConfig, video: Video, indices: list[int], frame_size: tuple[int, int]) -> np.ndarray:
     size = (config.height, config.width)
     masks = config.masks
     if isinstance(masks, RandomMasks):
@@ -209,6 +227,7 @@ def _holes(config: BenchmarkConfig, video: Video, indices: list[int]) -> np.ndar
         hole = random_moving_masks(len(indices), *size, seed=int.from_bytes(digest[:8], "little"), config=masks.shape)
     else:
         folder = _mask_folder(masks, video)
+        _check_mask_sizes(masks, folder, frame_size)
         if isinstance(masks, FolderMasks):
             hole = load_mask_sequence(folder, size=size)
         else:
@@ -261,8 +280,9 @@ def materialize(config: BenchmarkConfig, root: str | Path) -> Benchmark:
         (staging / CLIPS_DIR).mkdir(parents=True)
         clips = []
         for video in videos:
-            frames = resize_frames(video.read(indices), (config.height, config.width))
-            hole = _holes(config, video, indices)
+            source_frames = video.read(indices)
+            frames = resize_frames(source_frames, (config.height, config.width))
+            hole = _holes(config, video, indices, source_frames.shape[1:3])
             if not hole.any():
                 raise ValueError(f"benchmark {config.name}: video {video.video_id} has no hole pixel in frames "
                                  f"{indices[0]}..{indices[-1]}; nothing would be scored")

@@ -12,6 +12,7 @@ from evaluation.benchmark import BenchmarkConfig
 from evaluation.methods import MethodSpec
 from evaluation.scoring import ScoringConfig
 from vipo.config import Config, JobConfig, TrackingConfig
+from vipo.storage import resolve_output_path
 
 __all__ = ["CompareConfig", "EvaluateConfig", "ReportConfig"]
 
@@ -61,7 +62,7 @@ class EvaluateConfig(JobConfig):
 
 
 def _resolve(path: Path | None) -> Path | None:
-    return None if path is None else Path(path).expanduser().resolve()
+    return None if path is None else resolve_output_path(path)
 
 
 class CompareConfig(Config):

@@ -61,5 +61,8 @@ def write_demo_weights(root: str | Path, seed: int = 0) -> dict[str, Path]:
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python -m evaluation.demo_weights <folder>   (e.g. runs/demo/weights)")
-    for name, path in write_demo_weights(sys.argv[1]).items():
+    from vipo.storage import resolve_output_path
+
+    # A relative folder lands under the storage root, as job outputs do (not in a `ray job submit` temp copy).
+    for name, path in write_demo_weights(resolve_output_path(sys.argv[1])).items():
         print(f"{name}: {path}")

@@ -26,6 +26,7 @@ from evaluation.runs import find_benchmark_runs, log_compare_run, log_method_run
 from evaluation.scoring import METRICS, ScoringConfig
 from evaluation.stage import EvaluateStage
 from vipo.config import ConfigError, config_hash
+from vipo.storage import SessionDirError, resolve_output_path
 from vipo.tracking import init_ray, resolve_tracking_uri, run_identity
 from vipo.train.checkpointing import atomic_write_text
 
@@ -110,7 +111,8 @@ def evaluate(config: EvaluateConfig) -> Evaluation:
     report = build_report(output_dir / "reports" / f"{benchmark.name}-{benchmark.hash}", benchmark_name=benchmark.name,
                           benchmark_hash=benchmark.hash, results=results, baseline=config.baseline_label,
                           metrics=metrics, config=config.report, benchmark=benchmark, seed=config.seed,
-                          notes=[note for note in [config.scoring.flow_note()] if note is not None])
+                          notes=[note for note in [config.scoring.flow_note()] if note is not None]
+                          + [note for label, method in config.methods.items() for note in method.notes(label)])
     if tracking_uri:
         log_compare_run(tracking_uri, experiment, artifact_root, benchmark_name=benchmark.name,
                         benchmark_hash=benchmark.hash, scoring_hash=scores_key, baseline=report.baseline,
@@ -135,7 +137,10 @@ def compare(config: CompareConfig) -> Report:
     if config.output_dir is None and not (config.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
         raise ConfigError("compare: pass --output-dir (the evaluation's output_dir, which holds mlflow.db) or set "
                           "MLFLOW_TRACKING_URI / tracking.tracking_uri")
-    output_dir = config.output_dir or Path.cwd()
+    try:
+        output_dir = config.output_dir or resolve_output_path(".")
+    except SessionDirError as err:
+        raise ConfigError(f"compare: pass --output-dir: {err}") from None
     tracking_uri, experiment = _recorded_tracking(config, output_dir)
     try:
         runs = find_benchmark_runs(tracking_uri, experiment, config.benchmark)

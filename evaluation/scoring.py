@@ -18,6 +18,7 @@ from evaluation.metrics import (
     bbox_psnr,
     boundary_ring_psnr,
     estimate_gt_flow,
+    frame_ssim_win65,
     get_lpips,
     masked_lpips,
     masked_psnr,
@@ -45,6 +46,8 @@ class MetricInfo:
 METRICS: dict[str, MetricInfo] = {
     "psnr": MetricInfo(True, "whole-frame PSNR (dB), as published tables report it"),
     "ssim": MetricInfo(True, "whole-frame SSIM (Gaussian 11, sigma 1.5)"),
+    "ssim_win65": MetricInfo(True, "whole-frame SSIM as ProPainter and the group's table report it (skimage, "
+                                   "uniform 65x65 window; NaN on frames under 65 px)"),
     "lpips": MetricInfo(False, "whole-frame LPIPS"),
     "psnr_hole": MetricInfo(True, "PSNR over hole pixels only (the group's strict_mask_pixel_psnr)"),
     "ssim_hole": MetricInfo(True, "SSIM map averaged over hole pixels"),
@@ -130,7 +133,8 @@ class Scorer:
         """
         if prediction.shape != frames.shape or prediction.dtype != np.uint8:
             raise ValueError(f"prediction must be uint8 {frames.shape}, got {prediction.dtype} {prediction.shape}")
-        composite = to_video_tensor(hard_composite(frames, prediction, hole), self.device)
+        composite_frames = hard_composite(frames, prediction, hole)
+        composite = to_video_tensor(composite_frames, self.device)
         target = to_video_tensor(frames, self.device)
         mask = to_mask_tensor(hole, like=composite)
         wanted = set(self.config.metrics)
@@ -142,6 +146,8 @@ class Scorer:
                 values[f"ssim{suffix}"] = masked_ssim(composite, target, mask, region=region)
             if f"lpips{suffix}" in wanted:
                 values[f"lpips{suffix}"] = masked_lpips(composite, target, mask, self._lpips, region=region)
+        if "ssim_win65" in wanted:
+            values["ssim_win65"] = torch.tensor([frame_ssim_win65(composite_frames, frames)])
         if "psnr_bbox" in wanted:
             values["psnr_bbox"] = bbox_psnr(composite, target, mask)
         if "psnr_boundary_ring" in wanted:

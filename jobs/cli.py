@@ -113,9 +113,11 @@ def generate(
     overrides: Optional[List[str]] = typer.Argument(None, help=OVERRIDES_HELP),
     resume: bool = typer.Option(False, "--resume", help="Skip clips the manifest marks done; produce the rest."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output of the same config."),
+    retry_skipped: bool = typer.Option(False, "--retry-skipped",
+                                       help="Resume and also redo clips skipped for bad input (after fixing it)."),
 ) -> None:
     """Generate preference shards (negatives + masks) with Ray Data actor pools."""
-    _call("generate", config, overrides or [], resume=resume, overwrite=overwrite)
+    _call("generate", config, overrides or [], resume=resume, overwrite=overwrite, retry_skipped=retry_skipped)
 
 
 @app.command()

@@ -38,9 +38,10 @@ def run(output_dir: Path) -> None:
     from jobs import evaluate, generate, train, tune
     from vipo.data import SAMPLE_DATA_ROOT
     from vipo.config import RayConfig
+    from vipo.storage import resolve_output_path
     from vipo.tracking import init_ray
 
-    out = Path(output_dir).resolve()
+    out = resolve_output_path(output_dir)  # a relative one lands under the storage root, as every job output does
     out.mkdir(parents=True, exist_ok=True)
     shared = [f"tracking.tracking_uri=sqlite:///{out / 'mlflow.db'}"]
     init_ray(RayConfig(num_cpus=4))

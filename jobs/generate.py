@@ -1,4 +1,4 @@
-"""``vipo generate cfg.yaml [key=value ...] [--resume] [--overwrite]``: preference shards on Ray Data.
+"""``vipo generate cfg.yaml [key=value ...] [--resume] [--retry-skipped] [--overwrite]``: preference shards on Ray Data.
 
 Scores come from ``evaluation.metrics`` (masked PSNR and masked LPIPS over the hole), which ``vipo`` may not
 import; this job builds the scorer and hands it to :func:`vipo.generate.generate`. Which LPIPS backbone scored
@@ -94,14 +94,15 @@ class HoleScorer:
                 "lpips": f"masked_lpips over the hole, {self.lpips_net} trunk: {trunk}"}
 
 
-def run(config_path: str | Path | None, overrides: list[str], resume: bool = False, overwrite: bool = False) -> dict:
+def run(config_path: str | Path | None, overrides: list[str], resume: bool = False, overwrite: bool = False,
+        retry_skipped: bool = False) -> dict:
     """Load the config, build the scorer and the MLflow logger, generate; return the run's summary."""
     config = load_config(GenerateJobConfig, config_path, overrides)
     scorer = HoleScorer.from_config(config.scoring)
     summary = generate(
-        config, scorer, resume=resume, overwrite=overwrite,
-        logger_factory=lambda: build_logger(config.tracking, config.output_dir,
-                                            f"generate-{config.content_hash()}", resume=resume),
+        config, scorer, resume=resume, overwrite=overwrite, retry_skipped=retry_skipped,
+        logger_factory=lambda: build_logger(config.tracking, config.output_dir, f"generate-{config.content_hash()}",
+                                            resume=resume or retry_skipped),
     )
     written, skipped = summary["samples_written"], summary["samples_skipped"]
     print(f"generate: {written} samples written, {skipped} skipped {summary['skipped_by_reason']}, "

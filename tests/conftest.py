@@ -42,14 +42,16 @@ def mlflow_server(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ray_head(tmp_path_factory):
-    """A real ``ray start --head`` with its dashboard/job server on loopback, its own temp dir and ports.
+    """A real ``ray start --head`` with its dashboard/job server on loopback, its own temp dir and ports, and token
+    auth (as cluster.yaml runs it; clients use ``ray_head.client_env``).
 
     Short temp dir: Ray's socket paths must stay under the 107-byte AF_UNIX limit."""
+    import secrets
     import tempfile
 
     from servers import RayNode
 
     temp_dir = Path(tempfile.mkdtemp(prefix="vipo-ray-"))
-    head = RayNode(temp_dir, num_cpus=4).start()
+    head = RayNode(temp_dir, num_cpus=4, auth_token=secrets.token_hex(16)).start()
     yield head
     head.stop()

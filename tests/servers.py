@@ -35,9 +35,9 @@ def wait_for(predicate, timeout: float, what: str, log: Path | None = None) -> N
     raise TimeoutError(f"{what} not up after {timeout:.0f} s\n{tail}")
 
 
-def http_ok(url: str) -> bool:
+def http_ok(url: str, headers: dict[str, str] | None = None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2) as response:
             return response.status == 200
     except OSError:
         return False
@@ -81,7 +81,11 @@ class MlflowServer:
              "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
              "--artifacts-destination", str(self.artifacts_root)],
             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(lambda: http_ok(f"{self.uri}/health"), 120, "mlflow server", log)
+        try:  # minutes on a loaded machine; a server that never answers is not left running
+            wait_for(lambda: http_ok(f"{self.uri}/health"), 360, "mlflow server", log)
+        except TimeoutError:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
@@ -91,7 +95,12 @@ class MlflowServer:
 
 @dataclass
 class RayNode:
-    """One ``ray start --block`` node (the head when ``head_address`` is None) in its own process group."""
+    """One ``ray start --block`` node (the head when ``head_address`` is None) in its own process group.
+
+    Token auth is explicit, never inferred from a token the machine happens to have in ``~/.ray``: with
+    ``auth_token`` the node runs ``RAY_AUTH_MODE=token`` (workers must get the head's token), else ``disabled``.
+    Clients (``ray job submit``, ``ray.init``) use :attr:`client_env`.
+    """
 
     temp_dir: Path
     num_cpus: int = 2
@@ -99,6 +108,7 @@ class RayNode:
     resources: str = ""
     head_address: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    auth_token: str | None = None
     port: int = field(default_factory=free_port)
     dashboard_port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
@@ -111,7 +121,29 @@ class RayNode:
     def dashboard_url(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
-    def start(self) -> RayNode:
+    @property
+    def client_env(self) -> dict[str, str]:
+        """The environment a client of this cluster needs (the auth mode and token), over ``os.environ``."""
+        if self.auth_token is None:
+            return {**os.environ, "RAY_AUTH_MODE": "disabled"}
+        return {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.auth_token}
+
+    def start(self, attempts: int = 3) -> RayNode:
+        """Start the node; a head that exits before its dashboard answers is started again (Ray gives a node 30 s
+        to register with the GCS, which a loaded machine can miss), up to ``attempts`` times."""
+        for _ in range(attempts):
+            if self._launch():
+                return self
+            try:  # what the failed `ray start` left behind (GCS, raylet) is in its group
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.port, self.dashboard_port = free_port(), free_port()
+        raise RuntimeError(f"ray head exited before its dashboard came up, {attempts} times\n"
+                           f"{(self.temp_dir / 'head.log').read_text()[-3000:]}")
+
+    def _launch(self) -> bool:
+        """One ``ray start``; False when a head exited before its dashboard came up (worth a retry)."""
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         command = [str(BIN / "ray"), "start", "--block", "--disable-usage-stats", "--node-ip-address", "127.0.0.1",
                    "--num-cpus", str(self.num_cpus), "--num-gpus", str(self.num_gpus)]
@@ -124,12 +156,23 @@ class RayNode:
         else:
             command += ["--address", self.head_address]
         log = self.temp_dir / ("head.log" if self.head_address is None else f"node-{self.port}.log")
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1", **self.env}
+        # The dashboard gets minutes to start on a loaded machine (Ray's default gives up after 60 s).
+        env = {**self.client_env, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+               "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "600", **self.env}
         self.process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)
         if self.head_address is None:
-            wait_for(lambda: http_ok(f"{self.dashboard_url}/api/version"), 180, "ray head dashboard", log)
-        return self
+            # The dashboard answers before `ray start` has seen its node register (and may still exit after).
+            auth = {"Authorization": f"Bearer {self.auth_token}"} if self.auth_token else {}
+            ready = lambda: ("Ray runtime started" in log.read_text()  # noqa: E731
+                             and http_ok(f"{self.dashboard_url}/api/version", auth))
+            try:
+                wait_for(lambda: self.process.poll() is not None or ready(), 900, "ray head dashboard", log)
+            except TimeoutError:
+                self.stop()
+                raise
+            return self.process.poll() is None
+        return True
 
     def stop(self) -> None:
         if self.process is not None:

@@ -188,21 +188,26 @@ def dpo(shard_dir, tokenizer, **kwargs) -> DPODataset:
     return DPODataset(validate_config(DPODataConfig, {"shards": str(shard_dir), **kwargs}), tokenizer)
 
 
+def test_include_prior_is_gone():
+    # The generator never stores prior frames and no stage reads them: the option was removed, not left to fail.
+    with pytest.raises(ConfigError, match="include_prior"):
+        validate_config(DPODataConfig, {"shards": ".", "include_prior": True})
+
+
 def test_dpo_fields_match_the_stored_clip(shard_dir, clip_tokenizer):
-    dataset = dpo(shard_dir, clip_tokenizer, negative_policy="fixed", negative_kind="blur", include_prior=True)
+    dataset = dpo(shard_dir, clip_tokenizer, negative_policy="fixed", negative_kind="blur")
     assert len(dataset) == 5
     sample = dataset[3]
     clip = sample_clip(3)
     expected = {"pixel_values_pos": (6, 3, 32, 32), "pixel_values_neg": (6, 3, 32, 32),
                 "conditioning_pos": (6, 3, 32, 32), "conditioning_neg": (6, 3, 32, 32), "masks": (6, 1, 32, 32),
                 "mask_hole": (6, 1, 32, 32), "mask_boundary": (6, 1, 32, 32), "mask_context": (6, 1, 32, 32),
-                "input_ids": (6,), "pixel_values_prior": (6, 3, 32, 32)}
+                "input_ids": (6,)}
     assert {k: tuple(v.shape) for k, v in sample.items()} == {**expected, "neg_type": ()}
     assert dataset.negative_kinds == ["blur", "flicker"] and sample["neg_type"].item() == 0
     to_pixels = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float() / 127.5 - 1  # noqa: E731
     assert torch.equal(sample["pixel_values_pos"], to_pixels(clip.frames))  # PNG: exact
     assert torch.equal(sample["pixel_values_neg"], to_pixels(clip.negatives[0].frames))
-    assert torch.equal(sample["pixel_values_prior"], to_pixels(clip.prior.frames))
     hole = torch.from_numpy(clip.hole)[:, None]
     assert torch.equal(sample["masks"], 1 - hole.float())
     assert torch.equal(sample["mask_hole"], hole.float())

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
-from diffusers import TCDScheduler, UniPCMultistepScheduler
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    TCDScheduler,
+    UniPCMultistepScheduler,
+)
 from safetensors.torch import load_file
 
 from vipo.models.diffueraser_weights import load_diffueraser_components
@@ -14,6 +22,7 @@ from vipo.pipelines.diffueraser import (
     DiffuEraserPipeline,
     _Sampler,
     blend_windows,
+    composite,
     dilate_hole_masks,
     feathered_blend_masks,
     window_starts,
@@ -58,11 +67,21 @@ def test_window_starts_follow_the_spec():
     assert window_starts(9, 22, 5, shifted=False) == [0]
 
 
-def test_blend_windows_cross_fades_overlaps_linearly():
+def test_blend_windows_cross_fades_overlaps_and_overwrites_the_last_overlapped_frame():
+    # Upstream: overlap k = 5 -> weights 1/6 .. 4/6 on the first four overlapped frames, the fifth overwritten.
     first, second = torch.zeros(22, 1), torch.ones(22, 1)
     stitched = blend_windows([0, 17], [first, second], 39)[:, 0]
-    expected = torch.cat([torch.zeros(17), torch.arange(1, 6) / 6, torch.ones(17)])
+    expected = torch.cat([torch.zeros(17), torch.arange(1, 5) / 6, torch.ones(18)])
     torch.testing.assert_close(stitched, expected)
+    # A one-frame overlap is a plain overwrite.
+    torch.testing.assert_close(blend_windows([0, 3], [first[:4], second[:4]], 7)[:, 0], torch.tensor([0.0] * 3 + [1.0] * 4))
+
+
+def test_composite_truncates_to_uint8_as_upstream():
+    generated, original = np.full((1, 1, 1, 3), 10, np.uint8), np.full((1, 1, 1, 3), 11, np.uint8)
+    # 10 * 0.3 + 11 * 0.7 = 10.7: upstream's astype(np.uint8) gives 10 where rounding would give 11.
+    assert composite(generated, original, np.full((1, 1, 1), 0.3, np.float32)).ravel().tolist() == [10, 10, 10]
+    assert composite(generated, original, np.zeros((1, 1, 1), np.float32)).ravel().tolist() == [11, 11, 11]
 
 
 def test_dilate_hole_masks_erodes_once_then_dilates():
@@ -72,6 +91,11 @@ def test_dilate_hole_masks_erodes_once_then_dilates():
     expected = np.zeros((1, 20, 20), dtype=bool)
     expected[0, 5:13, 5:13] = True
     assert np.array_equal(dilate_hole_masks(masks, iterations=2), expected)
+    # No dilation: upstream's erosion is not undone (the quirk behind raw6's 1-px ring) unless it is switched off.
+    eroded = np.zeros((1, 20, 20), dtype=bool)
+    eroded[0, 7:11, 7:11] = True
+    assert np.array_equal(dilate_hole_masks(masks, iterations=0), eroded)
+    assert np.array_equal(dilate_hole_masks(masks, iterations=0, erosion=0), masks)
 
 
 def test_feathered_blend_masks_match_the_gaussian_formula():
@@ -87,6 +111,9 @@ def test_feathered_blend_masks_match_the_gaussian_formula():
         expected = kernel[column + taps < 16].sum()
         np.testing.assert_allclose(weights[:, column], expected, atol=1.5 / 255)
     assert np.all(weights[:, 26:] == 0.0)  # beyond the kernel radius nothing is blended
+    # Upstream keeps the weights as a uint8 image: multiples of 1/255.
+    levels = weights * 255
+    np.testing.assert_allclose(levels, np.round(levels), atol=1e-4)
 
 
 def test_prior_is_forward_diffused_to_the_first_sampling_timestep(pipe):
@@ -165,6 +192,81 @@ def test_batched_windows_match_one_window_at_a_time(pipe):
     single = pipe(frames, holes, prior, seed=2, windows_per_batch=1).raw_frames
     batched = pipe(frames, holes, prior, seed=2, windows_per_batch=3).raw_frames
     assert np.abs(single.astype(int) - batched).max() <= 1
+
+
+def stand_in_denoiser(latents, timestep, prompt_embeds, conditioning, num_frames):
+    """A fixed function of each window (its latents, their window mean, the conditioning, the timestep) standing in
+    for BrushNet + UNet, so that window boundaries matter."""
+    windows = latents.view(-1, num_frames, *latents.shape[1:])
+    window_mean = windows.mean(dim=1, keepdim=True).expand_as(windows).reshape(latents.shape)
+    return 0.6 * latents + 0.3 * window_mean + 0.2 * conditioning[:, :4] - 0.0004 * float(timestep)
+
+
+def upstream_denoise(scheduler, latents, conditioning, steps, window, overlap):
+    """Upstream's loop (``pipeline_diffueraser.py``), written independently: a brand-new scheduler for every window
+    of every step, each window stepped alone, stepped windows merged with upstream's ``count`` / ``value`` rule."""
+    num_frames = len(latents)
+    scheduler.set_timesteps(steps)
+    for index, timestep in enumerate(scheduler.timesteps):
+        count, value = torch.zeros(num_frames), torch.zeros_like(latents)
+        for order, start in enumerate(window_starts(num_frames, window, overlap, shifted=index % 2 == 1)):
+            fresh = type(scheduler).from_config(scheduler.config)
+            fresh.set_timesteps(steps)
+            context = list(range(start, start + window))
+            model_input = fresh.scale_model_input(latents[context], timestep)
+            prediction = stand_in_denoiser(model_input, timestep, None, conditioning[context], window)
+            # Upstream passes eta (0) to the samplers that take it.
+            eta = {"eta": 0.0} if "eta" in inspect.signature(fresh.step).parameters else {}
+            stepped = fresh.step(prediction, timestep, latents[context], **eta).prev_sample
+            count[context] += 1
+            if order == 0:
+                value[context] += stepped
+                continue
+            overlapped = [i for i in range(window) if count[start + i] > 1]
+            ratio = torch.linspace(0, 1, len(overlapped) + 2)[1:-1]
+            for i in overlapped:
+                value[start + i] = value[start + i] * (1 - ratio[i]) + stepped[i] * ratio[i]
+            value[start + overlapped[-1] : start + window] = stepped[overlapped[-1] :]
+        latents = value
+    return latents
+
+
+SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+
+
+@pytest.mark.parametrize(
+    "scheduler",
+    [
+        UniPCMultistepScheduler(**SD_BETAS),
+        DPMSolverMultistepScheduler(**SD_BETAS),
+        DDIMScheduler(**SD_BETAS),
+        EulerDiscreteScheduler(**SD_BETAS),
+        TCDScheduler(**SD_BETAS, timestep_spacing="trailing"),
+    ],
+    ids=lambda scheduler: type(scheduler).__name__,
+)
+def test_windows_are_sampled_per_window_as_upstream_for_every_scheduler(pipe, scheduler):
+    # 6 steps (the "raw6" protocol) over 30 frames in windows of 10 overlapping by 3, two windows per UNet batch.
+    generator = torch.Generator().manual_seed(0)
+    latents, conditioning = torch.randn(30, 4, 4, 4, generator=generator), torch.randn(30, 5, 4, 4, generator=generator)
+    latents = latents * scheduler.init_noise_sigma
+    pipeline = DiffuEraserPipeline(**{**pipe.components, "scheduler": scheduler})
+    pipeline.set_progress_bar_config(disable=True)
+    sampler = _Sampler(pipeline, None, num_inference_steps=6, window_overlap=3, windows_per_batch=2, eta=0.0)
+    sampler.denoiser = stand_in_denoiser
+    result = sampler.denoise(latents.clone(), conditioning, 10, generator)
+    expected = upstream_denoise(type(scheduler).from_config(scheduler.config), latents, conditioning, 6, 10, 3)
+    torch.testing.assert_close(result, expected, rtol=1e-5, atol=1e-5)
+    if isinstance(scheduler, UniPCMultistepScheduler):
+        # A scheduler keeping its history across steps (2nd-order UniPC with corrector) lands elsewhere.
+        persistent = type(scheduler).from_config(scheduler.config)
+        persistent.set_timesteps(6)
+        whole = latents.clone()
+        for timestep in persistent.timesteps:
+            prediction = stand_in_denoiser(whole, timestep, None, conditioning, 30)
+            whole = persistent.step(prediction, timestep, whole).prev_sample
+        single = upstream_denoise(type(scheduler).from_config(scheduler.config), latents, conditioning, 6, 30, 3)
+        assert (whole - single).abs().max() > 0.05
 
 
 def test_stage1_unet_with_a_plain_sampler(weights):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 from scipy import stats
@@ -32,11 +33,12 @@ from evaluation.methods import (
 )
 from evaluation.paired import paired_delta
 from evaluation.runs import TAG
-from evaluation.scoring import METRICS, ScoringConfig
+from evaluation.metrics import frame_ssim_win65
+from evaluation.scoring import METRICS, Scorer, ScoringConfig
 from evaluation.stage import EvaluateStage
 from vipo.config import ConfigError, load_config
 from vipo.data import SAMPLE_DATA_ROOT
-from vipo.masks import load_davis_annotations, save_mask_sequence
+from vipo.masks import load_davis_annotations, load_mask_sequence, save_mask_sequence
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "jobs" / "configs" / "eval_demo.yaml"
@@ -110,13 +112,26 @@ def test_benchmark_hash_is_stable_and_follows_the_inputs(tmp_path):
 
 def test_folder_masks_are_read_per_frame_index(tmp_path):
     root = _copy_sample(tmp_path, ["bunny"])
-    holes = np.zeros((5, 24, 32), bool)
+    holes = np.zeros((5, 90, 160), bool)  # the sample frames' size; the benchmark is 24x32
     for index in range(5):
-        holes[index, index : index + 4, 2:10] = True
+        holes[index, 15 * index : 15 * index + 30, 10:60] = True
     save_mask_sequence(holes, tmp_path / "test_masks" / "bunny")
     config = _benchmark_config(root, FolderMasks(root=tmp_path / "test_masks")).model_copy(update={"start_frame": 2})
     _, hole = materialize(config, tmp_path / "out").load_clip("davis_bunny")
-    np.testing.assert_array_equal(hole, holes[2:5])
+    np.testing.assert_array_equal(hole, load_mask_sequence(tmp_path / "test_masks" / "bunny", size=(24, 32))[2:5])
+    assert hole[0, 9:15].any() and not hole[0, :7].any()  # frame 2's hole: rows 30-60 of 90
+
+
+def test_folder_masks_of_another_size_than_the_frames_are_an_error_unless_resized(tmp_path):
+    root = _copy_sample(tmp_path, ["bunny"])
+    save_mask_sequence(np.ones((5, 24, 32), bool), tmp_path / "test_masks" / "bunny")
+    masks = FolderMasks(root=tmp_path / "test_masks")
+    with pytest.raises(ValueError, match=r"test_masks/bunny/00000\.png: mask is 32x24 but the video's frames are "
+                                         r"160x90; .*benchmark\.masks\.resize: true"):
+        materialize(_benchmark_config(root, masks), tmp_path / "out")
+    resized = masks.model_copy(update={"resize": True})
+    _, hole = materialize(_benchmark_config(root, resized), tmp_path / "out").load_clip("davis_bunny")
+    assert hole.all()
 
 
 def test_annotation_masks_are_the_object_masks_of_the_scored_frames(tmp_path):
@@ -145,6 +160,31 @@ def test_cache_key_follows_the_weights_content_and_seed_not_the_path(tmp_path):
     assert copy.checkpoint_hash() != first.checkpoint_hash() and copy.method_hash() != first.method_hash()
 
 
+def test_diffueraser_prior_runs_with_the_diffueraser_prior_preset(tmp_path):
+    prior = {"kind": "propainter", "weights": tmp_path, "options": {"raft_iterations": 2}}
+    options = DiffuEraserMethod(weights=tmp_path, prior=prior).prior.options
+    assert (options.preset, options.resize_ratio, options.subvideo_length, options.raft_iterations) == (
+        "diffueraser_prior", 0.6, 50, 2)
+    explicit = {**prior, "options": {"preset": "standalone"}}
+    assert DiffuEraserMethod(weights=tmp_path, prior=explicit).prior.options.resize_ratio == 1.0
+    assert ProPainterMethod(weights=tmp_path).options.preset == "standalone"  # ProPainter as its own method
+
+
+def test_scorer_reports_the_win65_ssim_of_the_hard_composite():
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (2, 72, 80, 3), dtype=np.uint8)
+    prediction = rng.integers(0, 256, frames.shape, dtype=np.uint8)
+    hole = np.zeros(frames.shape[:3], bool)
+    hole[:, 20:50, 10:40] = True
+    scorer = Scorer(ScoringConfig(metrics=["ssim", "ssim_win65"])).setup("cpu")
+    scores = scorer.score(frames, hole, prediction)
+    composite = np.where(hole[..., None], prediction, frames)
+    assert scores["ssim_win65"] == pytest.approx(frame_ssim_win65(composite, frames))
+    assert scores["ssim_win65"] < 1 and scores["ssim_win65"] != pytest.approx(scores["ssim"])
+    small = scorer.score(frames[:, :32, :32], hole[:, :32, :32], prediction[:, :32, :32])
+    assert np.isnan(small["ssim_win65"]) and np.isfinite(small["ssim"])  # 65 px window does not fit
+
+
 def test_eval_configs_reject_bad_input(tmp_path):
     valid = [f"output_dir={tmp_path}", *_weights_overrides(dict.fromkeys(("propainter", "diffueraser", "stage3"),
                                                                          tmp_path))]
@@ -157,21 +197,34 @@ def test_eval_configs_reject_bad_input(tmp_path):
 
 
 def test_davis50_config_has_valid_keys(tmp_path):
-    """Every key of the DAVIS-50 config validates once its data and weights paths exist."""
-    for folder in ("frames", "masks", "pp", "de", "export"):
+    """Every key of the DAVIS-50 config validates once its data and weights paths exist; its baseline is stage 3's
+    parent, the released weights another method; the priors and the erosion quirk are explicit."""
+    for folder in ("frames", "masks", "pp", "de", "export", "parent"):
         (tmp_path / folder).mkdir()
     (tmp_path / "test.json").write_text(json.dumps({"bear": 82}))
-    config = load_config(EvaluateConfig, REPO / "jobs" / "configs" / "eval_davis50.yaml", [
+    path = REPO / "jobs" / "configs" / "eval_davis50.yaml"
+    config = load_config(EvaluateConfig, path, [
         f"output_dir={tmp_path}", f"benchmark.source.root={tmp_path / 'frames'}",
         f"benchmark.video_list={tmp_path / 'test.json'}", f"benchmark.masks.root={tmp_path / 'masks'}",
         *(f"methods.{m}.weights={tmp_path / w}" for m, w in
-          (("propainter", "pp"), ("diffueraser-sft", "de"), ("stage3", "de"))),
-        *(f"methods.{m}.prior.weights={tmp_path / 'pp'}" for m in ("diffueraser-sft", "stage3")),
-        f"methods.stage3.adapter={tmp_path / 'export'}",
+          (("propainter", "pp"), ("diffueraser-sft", "de"), ("diffueraser-released", "de"), ("stage3", "de"))),
+        *(f"methods.{m}.prior.weights={tmp_path / 'pp'}" for m in ("diffueraser-sft", "diffueraser-released",
+                                                                     "stage3")),
+        f"methods.diffueraser-sft.path={tmp_path / 'parent'}", f"methods.stage3.adapter={tmp_path / 'export'}",
     ])
     assert (config.benchmark.num_frames, config.benchmark.height, config.benchmark.width) == (24, 240, 432)
     assert config.benchmark.selected_names() == ["bear"]
     assert config.methods["stage3"].pcm_steps is None and config.baseline_label == "diffueraser-sft"
+    stage3_parent = yaml.safe_load((REPO / "jobs" / "configs" / "stage3_dpo.yaml").read_text())["model"]["parent"]
+    assert yaml.safe_load(path.read_text())["methods"]["diffueraser-sft"]["path"] == stage3_parent
+    assert config.methods["diffueraser-released"].kind == "diffueraser"
+    diffueraser = [m for m in config.methods.values() if m.kind != "propainter"]
+    assert all(m.prior.options.preset == "diffueraser_prior" for m in diffueraser)
+    assert config.methods["propainter"].options.preset == "standalone"
+    assert all((m.mask_dilation_iter, m.mask_erosion_iter) == (0, 1) for m in diffueraser)
+    notes = config.methods["stage3"].notes("stage3")
+    assert len(notes) == 1 and "ground truth of the ring" in notes[0]
+    assert config.methods["stage3"].model_copy(update={"mask_erosion_iter": 0}).notes("stage3") == []
 
 
 # --- the pipeline on local Ray ---------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ executor with stand-in models (fast, deterministic) — resume after a kill, ref
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -221,6 +222,9 @@ def test_band_must_be_ordered_and_contain_its_target():
     ({"masks_per_clip": 0}, "masks_per_clip"),
     ({"sampling": {"nframes": NFRAMES, "resolution": 16}}, "at least 32 px"),
     ({"stages": [{"name": "a", "kinds": ["blur"], "num_gpus": -1}]}, "num_gpus"),
+    ({"stages": [{"name": "a", "kinds": ["blur", "hallucination", "flicker", "diffueraser"], "min_size": 3,
+                  "max_size": 2}]}, "stages.a: min_size 3 > max_size 2"),
+    ({"frame_codec": "webp"}, "frame_codec"),
     ({"models": {"propainter": {"weights": "/no/such/dir"}, "diffueraser": {"random_init": 0}}}, "does not exist"),
     ({"models": {"propainter": {}, "diffueraser": {"random_init": 0}}}, "exactly one of"),
 ])
@@ -233,7 +237,7 @@ def test_bad_config_is_one_line(tmp_path, change, message):
 def test_content_hash_ignores_resources_and_follows_content(tmp_path):
     base = _config(tmp_path)
     pooled = _config(tmp_path, stages=[{"name": "all", "kinds": ["blur", "hallucination", "flicker", "diffueraser"],
-                                        "pool_size": 4, "num_gpus": 0.5}], max_error_fraction=0.5)
+                                        "min_size": 2, "max_size": 4, "num_gpus": 0.5}], max_error_fraction=0.5)
     assert pooled.content_hash() == base.content_hash()
     assert _config(tmp_path, seed=8).content_hash() != base.content_hash()
     assert [s.kinds for s in base.stage_configs()] == [["blur", "hallucination", "flicker", "diffueraser"]]
@@ -259,6 +263,14 @@ def test_device_is_cuda_only_with_a_gpu_and_cuda():
 
     assert pick_device(0) == "cpu"
     assert pick_device(1) == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_propainter_loads_as_diffueraser_runs_its_prior():
+    default = load_models(["propainter"], {"propainter": ModelSpec(random_init=0)}, "cpu")["propainter"]
+    assert (default.config.preset, default.config.resize_ratio, default.config.mask_dilation) == (
+        "diffueraser_prior", 0.6, 8)
+    spec = ModelSpec(random_init=0, options={"preset": "standalone"})
+    assert load_models(["propainter"], {"propainter": spec}, "cpu")["propainter"].config.resize_ratio == 1.0
 
 
 def test_model_load_failure_names_the_path(tmp_path):
@@ -301,7 +313,7 @@ def test_run_writes_valid_shards_with_reproducible_holes_and_both_negative_forms
     assert entry["status"] == "done"
     assert len(entry["candidates"]) == 6  # 1 blur + 1 hallucination + 1 flicker + 3 diffueraser seeds
     assert sum(c["selected"] for c in entry["candidates"] if c["kind"] == "diffueraser") == 1
-    assert manifest.num_rows == 8 and len(manifest.shards) == 3  # 3 rows per shard
+    assert manifest.num_rows == 8 and len(manifest.shards) == 2  # 3 rows per shard → whole windows of 2: 4 rows
     gate = json.loads((shards / "summary.json").read_text())["quality_gate"]["kinds"]
     assert set(gate) == {"blur", "hallucination", "flicker", "diffueraser"} and gate["diffueraser"]["candidates"] == 24
     assert set(summary["seconds_per_clip"]) >= {"decode", "propainter", "blur", "diffueraser", "score", "encode"}
@@ -318,26 +330,27 @@ def test_two_model_groups_chain_into_the_same_rows_as_one(tmp_path, fake_models)
     ])
     seen = []
 
-    def recording(work, stages):
+    def recording(work, stages, writer):
         assert [stage.name for stage in stages] == ["propainter", "diffueraser"]
         assert [sorted(stage.models) for stage in stages] == [["propainter"], ["diffueraser", "propainter"]]
-        for result in run_in_process(work, stages):
-            seen.append(result)
-            yield result
+        for commit in run_in_process(work, stages, writer):
+            seen.append(commit)
+            yield commit
 
     generate(chained, _scorer(chained), executor=recording)
     assert _rows(chained.output_dir / "shards") == _rows(single.output_dir / "shards")
-    assert all(set(result.devices) == {"propainter", "diffueraser"} for result in seen)
+    devices = [where for commit in seen for where in commit.devices.values()]
+    assert len(devices) == 2 and all(set(where) == {"propainter", "diffueraser"} for where in devices)
 
 
 def _interrupt_after(limit: int):
-    """An executor that dies (like a kill) after ``limit`` clips came back."""
+    """An executor that dies (like a kill) after ``limit`` shards were committed."""
 
-    def executor(work, stages):
-        for count, result in enumerate(run_in_process(work, stages)):
+    def executor(work, stages, writer):
+        for count, commit in enumerate(run_in_process(work, stages, writer)):
             if count == limit:
                 raise KeyboardInterrupt
-            yield result
+            yield commit
 
     return executor
 
@@ -349,16 +362,16 @@ def test_resume_after_kill_makes_exactly_the_missing_clips_identical_to_an_unint
 
     config = _config(tmp_path / "killed", max_videos=3)
     with pytest.raises(KeyboardInterrupt):
-        generate(config, _scorer(config), executor=_interrupt_after(4))  # 8 rows made, 6 committed (2 shards)
+        generate(config, _scorer(config), executor=_interrupt_after(1))  # 2 shards of 4 rows written, 1 recorded
     shards = config.output_dir / "shards"
     (shards / ".shard-partial.parquet.123.tmp").write_bytes(b"PAR1 half a shard")  # a writer killed mid-shard
     partial = _rows(shards)
     assert 0 < len(partial) < len(expected)
     made = []
 
-    def counting(work, stages):
+    def counting(work, stages, writer):
         made.extend(result.item.work_id for result in work)
-        return run_in_process(work, stages)
+        return run_in_process(work, stages, writer)
 
     with pytest.raises(OutputExistsError, match="--resume"):
         generate(config, _scorer(config))
@@ -473,3 +486,139 @@ def test_shards_are_readable_by_plain_pyarrow(tmp_path, fake_models):
     (path,) = (config.output_dir / "shards").glob("*.parquet")
     table = pq.read_table(path)
     assert table.num_rows == 1 and table.column("frame_codec").to_pylist() == ["jpeg"]
+
+
+# ------------------------------------------------------------------------------- one owner, self-repair
+
+
+def _small(tmp_path: Path, **extra) -> GenerateJobConfig:
+    """Two windows of one video, one hole each, the blur kind only: two shards of one row."""
+    return _config(tmp_path, **{"max_videos": 1, "masks_per_clip": 1, "rows_per_shard": 1,
+                                "kinds": [{"kind": "blur"}], "models": {"propainter": {"random_init": 0}}, **extra})
+
+
+def test_a_live_lease_refuses_a_second_run_in_one_line_and_keeps_its_temp_files(tmp_path, fake_models):
+    import socket
+
+    from vipo.generate import OutputLease, OutputLockedError
+
+    config = _small(tmp_path)
+    shards = config.output_dir / "shards"
+    with OutputLease(shards) as first:
+        temp = shards / f".shard-x.parquet.{first.run_id}.0a1b2c3d.tmp"
+        temp.write_bytes(b"PAR1 being written")  # the live writer's shard in progress
+        for flags in ({}, {"resume": True}, {"overwrite": True}):
+            with pytest.raises(OutputLockedError) as err:
+                generate(config, _scorer(config), **flags)
+            message = str(err.value)
+            assert "\n" not in message and f"{socket.gethostname()} pid {os.getpid()}" in message
+            assert first.run_id in message
+        assert temp.read_bytes() == b"PAR1 being written"
+    assert not (shards / "lease.json").exists()  # released
+    temp.unlink()
+    generate(config, _scorer(config))
+    assert not (shards / "lease.json").exists()
+
+
+def test_a_stale_lease_is_taken_over_with_a_warning(tmp_path, fake_models, caplog):
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    config = _small(tmp_path)
+    shards = config.output_dir / "shards"
+    shards.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs: its holder was killed
+    lease = {"host": socket.gethostname(), "pid": dead.pid, "start": "2026-01-01T00:00:00+00:00",
+             "heartbeat": time.time(), "run_id": "deadbeef"}
+    (shards / "lease.json").write_text(json.dumps(lease))
+    (shards / ".shard-y.parquet.deadbeef.00000000.tmp").write_bytes(b"PAR1 half")  # the dead writer's leftover
+    with caplog.at_level("WARNING"):
+        summary = generate(config, _scorer(config))
+    assert summary["samples_written"] == 2
+    assert any("taking over the stale lease" in r.message and "deadbeef" in r.message for r in caplog.records)
+    assert not list(shards.glob(".*.tmp")) and not (shards / "lease.json").exists()
+
+
+def test_resume_regenerates_a_truncated_shard_and_deletes_a_foreign_orphan(tmp_path, fake_models, caplog):
+    config = _small(tmp_path / "run")
+    generate(config, _scorer(config))
+    shards = config.output_dir / "shards"
+    expected = _rows(shards)
+    manifest = Manifest.load(shards)
+    victim = sorted(manifest.shards)[0]
+    victim_clips = sorted(c for c, e in manifest.clips.items() if e.get("shard") == victim)
+    data = (shards / victim).read_bytes()
+    (shards / victim).write_bytes(data[: len(data) // 2])
+    other = _small(tmp_path / "other", seed=99)  # same names (same work ids), other content
+    generate(other, _scorer(other))
+    foreign = sorted(Manifest.load(other.output_dir / "shards").shards)[1]
+    shutil.copy(other.output_dir / "shards" / foreign, shards / "shard-foreign.parquet")
+    made = []
+
+    def counting(work, stages, writer):
+        made.extend(result.item.video.video_id + "#" + str(result.item.window) for result in work)
+        return run_in_process(work, stages, writer)
+
+    with caplog.at_level("WARNING"):
+        summary = generate(config, _scorer(config), resume=True, executor=counting)
+    assert made == victim_clips  # only the window of the truncated shard (one hole per window: same ids)
+    assert _rows(shards) == expected and summary["samples_written"] == len(expected)
+    assert not (shards / "shard-foreign.parquet").exists()
+    messages = " ".join(r.message for r in caplog.records)
+    assert f"{victim}: footer unreadable" in messages and "deleted an orphan shard" in messages
+
+
+def test_disk_full_stops_cleanly_and_a_resume_finishes_identically(tmp_path, fake_models, monkeypatch):
+    import errno
+
+    from vipo.data import shards as shards_module
+    from vipo.generate import ShardWriteError
+
+    whole = _small(tmp_path / "whole", clips_per_video=3)
+    generate(whole, _scorer(whole))
+    expected = _rows(whole.output_dir / "shards")
+    largest = max(p.stat().st_size for p in (whole.output_dir / "shards").glob("*.parquet"))
+    room = {"bytes": largest + 16}  # the disk fills during the second shard
+    original = shards_module._HashingSink.write
+
+    def filling(self, data):
+        room["bytes"] -= len(data)
+        if room["bytes"] < 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(self, data)
+
+    config = _small(tmp_path / "full", clips_per_video=3)
+    shards = config.output_dir / "shards"
+    with monkeypatch.context() as patch:
+        patch.setattr(shards_module._HashingSink, "write", filling)
+        with pytest.raises(ShardWriteError, match=r"shard-\w+\.parquet: cannot write shard .*No space left.*--resume"):
+            generate(config, _scorer(config))
+    assert not list(shards.glob(".*.tmp")) and not (shards / "lease.json").exists()
+    assert len(Manifest.load(shards, adopt_unlisted=False).shards) == 1  # what was committed stays
+    generate(config, _scorer(config), resume=True)
+    assert _rows(shards) == expected
+
+
+def test_retry_skipped_fills_a_fixed_clip_and_the_error_budget_spans_launches(tmp_path, fake_models):
+    folders = _frame_folders(tmp_path / "videos")
+    sources = [{"kind": "frame_folders", "root": str(folders)}]
+    config = _config(tmp_path, sources=sources, clips_per_video=1, masks_per_clip=1, max_error_fraction=0.5,
+                     kinds=[{"kind": "blur"}])
+    generate(config, _scorer(config))
+    shards = config.output_dir / "shards"
+    assert Manifest.load(shards).clips["frame_folders/corrupt#0"]["input_error"]
+    strict = _config(tmp_path, sources=sources, clips_per_video=1, masks_per_clip=1, max_error_fraction=0.25,
+                     kinds=[{"kind": "blur"}])
+    with pytest.raises(ErrorBudgetExceeded, match="2 of 4 clips had bad input .*--retry-skipped"):
+        generate(strict, _scorer(strict), resume=True)  # this launch makes nothing new, the earlier one failed 2
+    shutil.rmtree(folders / "corrupt")
+    shutil.copytree(SAMPLE_DATA_ROOT / "JPEGImages" / "480p" / "bunny", folders / "corrupt")  # input fixed
+    assert generate(config, _scorer(config), resume=True)["clips_processed"] == 0  # a resume does not retry
+    summary = generate(config, _scorer(config), retry_skipped=True)
+    manifest = Manifest.load(shards)
+    assert manifest.status("frame_folders/corrupt#0") == "done" and summary["clips_processed"] == 2
+    assert manifest.clips["frame_folders/short#0"]["reason"].startswith("too few frames")  # retried, still bad
+    assert set(_rows(shards)) == {"frame_folders/bunny#0", "frame_folders/bikes#0", "frame_folders/corrupt#0"}

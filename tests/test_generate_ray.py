@@ -38,7 +38,7 @@ def _config(output_dir, weights, executor: str, num_gpus: float, **changes) -> G
         "kinds": [{"kind": "hallucination", "seeds": [0, 1]}, {"kind": "flicker", "num_segments": 2,
                                                                 "use_prior": False}],
         "models": {"diffueraser": {"weights": str(weights)}},
-        "stages": [{"name": "diffueraser", "kinds": ["hallucination", "flicker"], "pool_size": 2,
+        "stages": [{"name": "diffueraser", "kinds": ["hallucination", "flicker"], "min_size": 1, "max_size": 2,
                     "num_gpus": num_gpus, "num_cpus": 1}],
         "executor": executor,
         "rows_per_shard": 2,
@@ -86,17 +86,19 @@ def test_gpu_actor_pool_writes_the_rows_of_the_in_process_run(ray_local, tmp_pat
     captured = []
     from vipo.generate import adapter
 
-    def recording(work, stages):
-        for result in adapter.run_on_ray(work, stages):
-            captured.append(result)
-            yield result
+    def recording(work, stages, writer):
+        for commit in adapter.run_on_ray(work, stages, writer):
+            captured.append(commit)
+            yield commit
 
     config = _config(tmp_path / "ray", tiny_weights, "ray", num_gpus=1)
     summary = generate(config, HoleScorer.from_config(config.scoring), executor=recording)
     assert summary["samples_written"] == 4 and summary["clips_failed"] == 0
+    devices = [where for commit in captured for where in commit.devices.values()]
     # Ray gave each actor one logical GPU; torch saw no CUDA, so the models ran on the CPU.
-    assert {r.devices["diffueraser"] for r in captured} == {"cpu"}
-    gpu_ids = {r.devices["diffueraser.ray_gpu_ids"] for r in captured}
+    assert len(devices) == 2 and {d["diffueraser"] for d in devices} == {"cpu"}
+    assert all(commit.node for commit in captured)  # written by Ray tasks, not by this driver
+    gpu_ids = {d["diffueraser.ray_gpu_ids"] for d in devices}
     assert gpu_ids and all(ids in {"0", "1"} for ids in gpu_ids)
 
     local = _config(tmp_path / "local", tiny_weights, "local", num_gpus=0)

@@ -21,6 +21,7 @@ from evaluation.metrics import (
     bbox_psnr,
     boundary_ring_psnr,
     estimate_gt_flow,
+    frame_ssim_win65,
     get_lpips,
     masked_lpips,
     masked_psnr,
@@ -319,3 +320,39 @@ def test_outside_change_is_zero_after_hard_compositing():
     change = outside_change(shifted, gt, hole)
     assert change.max.item() == pytest.approx(0.25)
     assert change.mean.item() == pytest.approx(0.25 / (256 - 64) / 2)
+
+
+def _uniform_ssim_reference(pred: np.ndarray, target: np.ndarray, window: int) -> float:
+    """SSIM with a uniform ``window``² box and sample covariances (Wang et al. 2004 with skimage's defaults:
+    K1 0.01, K2 0.03, range 255), channel mean, over the positions where the window fits; written with
+    cumulative sums, independently of skimage."""
+    def box_mean(image: np.ndarray) -> np.ndarray:
+        padded = np.pad(image.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        sums = padded[window:, window:] - padded[:-window, window:] - padded[window:, :-window] + padded[:-window, :-window]
+        return sums / window**2
+
+    covariance_norm = window**2 / (window**2 - 1)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    values = []
+    for channel in range(pred.shape[-1]):
+        x, y = pred[..., channel].astype(np.float64), target[..., channel].astype(np.float64)
+        mx, my = box_mean(x), box_mean(y)
+        vx = covariance_norm * (box_mean(x * x) - mx * mx)
+        vy = covariance_norm * (box_mean(y * y) - my * my)
+        cxy = covariance_norm * (box_mean(x * y) - mx * my)
+        ssim = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+        values.append(ssim.mean())
+    return float(np.mean(values))
+
+
+def test_frame_ssim_win65_is_propainters_whole_frame_ssim():
+    rng = np.random.default_rng(0)
+    target = rng.integers(0, 256, (2, 72, 80, 3), dtype=np.uint8)
+    noisy = np.clip(target.astype(int) + rng.integers(-40, 41, target.shape), 0, 255).astype(np.uint8)
+    expected = np.mean([_uniform_ssim_reference(p, t, 65) for p, t in zip(noisy, target)])
+    assert frame_ssim_win65(noisy, target) == pytest.approx(expected, abs=1e-6)
+    assert frame_ssim_win65(target, target) == pytest.approx(1.0)
+    # Not the Gaussian-11 SSIM that the `ssim` metric reports.
+    gaussian = float(masked_ssim(noisy[None], target[None], None, region="frame")[0])
+    assert abs(frame_ssim_win65(noisy, target) - gaussian) > 1e-3
+    assert math.isnan(frame_ssim_win65(noisy[:, :64], target[:, :64]))  # the window does not fit

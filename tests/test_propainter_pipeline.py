@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from vipo.config import ConfigError
+from vipo.config import ConfigError, validate_config
 from vipo.data.images import read_frames
 from vipo.pipelines.propainter import (
     WEIGHT_FILES,
@@ -126,6 +126,21 @@ def test_bad_knob_is_a_config_error():
 def test_bad_inputs_are_named(pipe, frames, holes, message):
     with pytest.raises(ValueError, match=message):
         pipe.check_inputs(frames, holes)
+
+
+def test_diffueraser_prior_preset_is_how_diffueraser_runs_propainter():
+    # DiffuEraser's run_diffueraser.py: resize_ratio 0.6 and fp16 (propainter/inference.py defaults),
+    # subvideo_length 50 and mask dilation 8 (its arguments); the standalone defaults are inference_propainter.py's.
+    prior = validate_config(ProPainterConfig, {"preset": "diffueraser_prior"})
+    assert (prior.resize_ratio, prior.mask_dilation, prior.subvideo_length, prior.fp16) == (0.6, 8, 50, True)
+    standalone = ProPainterConfig()
+    assert (standalone.resize_ratio, standalone.mask_dilation, standalone.subvideo_length, standalone.fp16) == (
+        1.0, 4, 80, False)
+    overridden = validate_config(ProPainterConfig, {"preset": "diffueraser_prior", "mask_dilation": 0})
+    assert overridden.mask_dilation == 0 and overridden.resize_ratio == 0.6
+    assert validate_config(ProPainterConfig, prior.model_dump()) == prior  # a dumped config reloads as itself
+    with pytest.raises(ConfigError, match="preset"):
+        validate_config(ProPainterConfig, {"preset": "diffueraser"})
 
 
 def test_fp16_only_on_cuda(pipe):

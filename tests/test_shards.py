@@ -7,6 +7,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import pickle
 import signal
 
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 
 from vipo.data import (
     MANIFEST_NAME,
+    BadSample,
     SAMPLE_DATA_ROOT,
     SCHEMA_VERSION,
     SHARD_SCHEMA,
@@ -33,7 +35,9 @@ from vipo.data import (
     manifest_hash,
     open_shard,
 )
-from vipo.data.images import read_frames
+from vipo.data.images import decode_image, encode_image, read_frames
+from vipo.data.shards import CHECKSUM_KEY, verify_shard
+from vipo.data.storage import ShardStore
 
 PROVENANCE = Provenance("vipo.generate", "0.1.0", "abc123", dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc))
 
@@ -65,7 +69,8 @@ def write_shard(folder, name, clips, codec="png", row_group_size=2) -> ShardInfo
 def test_png_round_trip_is_exact(tmp_path):
     clips = [make_clip(i) for i in range(5)]
     info = write_shard(tmp_path, "shard-0.parquet", clips)
-    assert info == ShardInfo("shard-0.parquet", 5, tuple(f"davis/bear#{i}" for i in range(5)))
+    assert (info.name, info.rows, info.clip_ids) == ("shard-0.parquet", 5, tuple(f"davis/bear#{i}" for i in range(5)))
+    assert info.bytes == (tmp_path / "shard-0.parquet").stat().st_size
     shard = open_shard(tmp_path / "shard-0.parquet")
     assert shard.num_row_groups == 3 and shard.metadata.num_rows == 5  # row groups of 2 stream small
     rows = shard.read().to_pylist()
@@ -140,6 +145,59 @@ def test_schema_version_and_foreign_files_rejected(tmp_path):
     with pytest.raises(DataError, match="junk.parquet: not a readable Parquet shard"):
         open_shard(tmp_path / "junk.parquet")
     assert SHARD_SCHEMA.names[0] == "schema_version"
+
+
+def test_zstd_frames_round_trip_exactly_and_name_a_truncated_frame(tmp_path):
+    clips = [make_clip(i) for i in range(2)]
+    write_shard(tmp_path, "shard-z.parquet", clips, codec="zstd")
+    rows = open_shard(tmp_path / "shard-z.parquet").read().to_pylist()
+    for clip, row in zip(clips, rows):
+        assert row["frame_codec"] == "zstd"
+        np.testing.assert_array_equal(decode_frames(row["frames"], "gt", (16, 24)), clip.frames)
+        np.testing.assert_array_equal(decode_frames(row["negatives"][0]["frames"], "n", (16, 24)),
+                                      clip.negatives[0].frames)
+    grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    np.testing.assert_array_equal(decode_image(encode_image(grey, "zstd"), "g", grey=True), grey)
+    frame = rows[0]["frames"][1]
+    with pytest.raises(BadSample, match=r"gt\[1\].*corrupt or truncated"):
+        decode_frames([rows[0]["frames"][0], frame[: len(frame) // 2]], "gt", (16, 24))
+
+
+def test_checksum_covers_the_row_groups_and_verify_names_what_is_wrong(tmp_path):
+    info = write_shard(tmp_path, "shard-0.parquet", [make_clip(i) for i in range(3)])
+    path = tmp_path / "shard-0.parquet"
+    data = path.read_bytes()
+    footer_length = int.from_bytes(data[-8:-4], "little")
+    # Independent reference: sha256 of every byte before the Parquet footer (layout from the Parquet spec).
+    assert info.checksum == hashlib.sha256(data[: len(data) - 8 - footer_length]).hexdigest()
+    assert pq.ParquetFile(path).metadata.metadata[CHECKSUM_KEY.encode()].decode() == info.checksum
+    store = ShardStore(str(tmp_path))
+    verified, footer = verify_shard(store, "shard-0.parquet")
+    assert verified == info and json.loads(footer["vipo.clip_ids"]) == list(info.clip_ids)
+
+    flipped = bytearray(data)
+    flipped[100] ^= 0xFF  # inside the first row group
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(DataError, match="shard-0.parquet: checksum mismatch"):
+        verify_shard(store, "shard-0.parquet")
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="shard-0.parquet: footer unreadable"):
+        verify_shard(store, "shard-0.parquet")
+    path.unlink()
+    with pytest.raises(DataError, match="shard-0.parquet: shard missing"):
+        verify_shard(store, "shard-0.parquet")
+
+
+def test_store_writes_through_a_pyarrow_filesystem_uri(tmp_path):
+    store = ShardStore(f"file://{tmp_path}/bucket/prefix")
+    assert not store.is_local or store.local_folder == tmp_path / "bucket" / "prefix"
+    with ShardWriter("shard-u.parquet", store=store, metadata={"vipo.content_hash": "abc"}) as writer:
+        writer.write_rows([encode_clip(make_clip(0), PROVENANCE)])
+    assert store.list() == ["shard-u.parquet"]  # no temp file left
+    info, footer = verify_shard(store, "shard-u.parquet")
+    assert info == writer.info and footer["vipo.content_hash"] == "abc"
+    restored = pickle.loads(pickle.dumps(store))  # what a Ray worker receives: the URI, resolved there
+    assert restored == store and restored.list() == ["shard-u.parquet"]
 
 
 def test_exception_mid_write_leaves_nothing(tmp_path):

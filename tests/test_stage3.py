@@ -19,7 +19,7 @@ from vipo.losses import DPOHealthError, DPOHealthMonitor, RegionRegDPOLossConfig
 from vipo.models.lora import SPATIAL_ATTENTION_TARGETS, add_spatial_lora
 from vipo.models.tiny import SD15_SCHEDULER_CONFIG, TINY_UNET_CONFIG, tiny_brushnet, tiny_motion_adapter, tiny_unet
 from vipo.regions import decompose
-from vipo.train.dpo_step import PairDenoiser, PreferenceInputs, Reference, pair_predictions
+from vipo.train.dpo_step import PairDenoiser, PreferenceInputs, Reference, inversion_noise, pair_predictions
 
 NUM_PAIRS, NUM_FRAMES, LATENT = 2, 2, 4  # 2 pairs of 2-frame clips at 32×32 px = 4×4 latents
 LOSS = RegionRegDPOLossConfig(beta=500.0, alpha=(1.0, 1.5, 0.05), rho=(0.0, 0.0, 0.0))
@@ -159,6 +159,56 @@ def test_step0_health_check_raises_when_noise_is_not_shared(policy):
     _, stats = dpo_loss(broken, inputs)
     with pytest.raises(DPOHealthError, match="step 0: the policy and the reference disagree"):
         DPOHealthMonitor().check(0, stats)
+
+
+class StandIn:
+    """A reference ε-predictor ``a·x + b`` (no UNet), recording the timesteps it is called at."""
+
+    unet = None
+
+    def __init__(self, scale: float, offset: float):
+        self.scale, self.offset, self.timesteps = scale, offset, []
+
+    def __call__(self, sample, timestep, text, conditioning, num_frames=None):
+        self.timesteps.append(timestep.tolist())
+        return self.scale * sample + self.offset
+
+
+def test_inversion_noise_is_the_reference_ddim_inversion_of_the_winner():
+    inputs = synthetic_pairs()
+    alphas = SCHEDULER.alphas_cumprod.double()
+    alpha_t = alphas[inputs.timesteps].repeat_interleave(NUM_FRAMES).view(-1, 1, 1, 1)
+    alpha_0, winner = alphas[0], inputs.latents_win.double()
+    # A constant prediction c: every DDIM step keeps x0 = (z - √(1-ᾱ_0) c) / √ᾱ_0, so x_t = √ᾱ_t x0 + √(1-ᾱ_t) c.
+    constant = StandIn(0.0, 0.3)
+    noise = inversion_noise(Reference(constant, adapter_off=False), inputs, SCHEDULER, 5, torch.float32)
+    clean = (winner - (1 - alpha_0).sqrt() * 0.3) / alpha_0.sqrt()
+    inverted = alpha_t.sqrt() * clean + (1 - alpha_t).sqrt() * 0.3
+    torch.testing.assert_close(noise.double(), (inverted - alpha_t.sqrt() * winner) / (1 - alpha_t).sqrt(),
+                               rtol=1e-5, atol=1e-5)
+    assert constant.timesteps == [[300 * k // 5, 700 * k // 5] for k in range(5)]  # equal steps per pair from 0
+    # One step with a prediction of the latents: ε = 0.5 z + 0.1 evaluated on the winner at t = 0.
+    linear = StandIn(0.5, 0.1)
+    noise = inversion_noise(Reference(linear, adapter_off=False), inputs, SCHEDULER, 1, torch.float32).double()
+    eps = 0.5 * winner + 0.1
+    inverted = alpha_t.sqrt() * (winner - (1 - alpha_0).sqrt() * eps) / alpha_0.sqrt() + (1 - alpha_t).sqrt() * eps
+    torch.testing.assert_close(noise, (inverted - alpha_t.sqrt() * winner) / (1 - alpha_t).sqrt(),
+                               rtol=1e-5, atol=1e-5)
+    # Forward-diffusing the winner with it lands on the inverted latent; the loser gets the same ε.
+    torch.testing.assert_close(SCHEDULER.add_noise(winner, noise, inputs.timesteps.repeat_interleave(NUM_FRAMES)),
+                               inverted, rtol=1e-5, atol=1e-5)
+
+
+def test_inversion_noise_with_the_tiny_reference_feeds_the_shared_forward(policy):
+    inputs = synthetic_pairs()
+    reference = Reference(policy, adapter_off=True)
+    noise = inversion_noise(reference, inputs, SCHEDULER, 3, torch.float32)
+    assert noise.shape == inputs.noise.shape and torch.isfinite(noise).all()
+    inverted = dataclasses.replace(inputs, noise=noise)
+    predictions = pair_predictions(policy, policy, reference, inverted, SCHEDULER, torch.float32)
+    assert torch.equal(predictions.policy_win, predictions.ref_win)  # policy = reference at start, as ever
+    _, stats = dpo_loss(predictions, inverted)
+    assert stats["s"].eq(0).all()
 
 
 @pytest.fixture(scope="module")

@@ -93,12 +93,18 @@ def test_configs_validate_and_reject_inconsistent_settings(tmp_path, weights_roo
     assert demo.data.region_scale == 8 and demo.loss.kind == "region_reg_dpo" and demo.tuning.scope == "lora"
     assert Stage3Config.model_fields["tuning"].default.lora.rank == 16
     assert Stage3Config.model_fields["tuning"].default.lora.alpha == 32
+    assert demo.noise == "forward"  # standard Diffusion-DPO; inversion is the ablation
+    ablation = load_train_config(DEMO_CONFIG, [f"data.shards={shards}", f"model.weights_root={weights_root}",
+                                               "noise=inversion", "inversion_steps=4"])
+    assert (ablation.noise, ablation.inversion_steps) == ("inversion", 4)
     bad = {
         "data.region_scale=1": "region_scale must be 8",
         "reference.offload=true": "reference.offload needs a separate reference",
         "model.stage=1": "model.stage 1 needs model.parent",
         f"model.parent={shards}": "lacks unet_main/",
         "loss.kind=sigmoid": "loss",
+        "noise=ddim": "noise: Input should be 'forward' or 'inversion'",
+        "inversion_steps=0": "inversion_steps",
     }
     for override, message in bad.items():
         with pytest.raises(ConfigError, match=message):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from vipo.config import JobConfig, RayConfig, TrackingConfig, config_hash
 from vipo.tracking import build_logger, flatten, git_commit, init_ray, resolve_tracking_uri, run_identity
+from vipo.tracking.ray_session import shipped_code_env
 
 
 def test_identity_records_config_code_data_parent(tmp_path):
@@ -51,7 +53,9 @@ def ray_init_calls(monkeypatch) -> list[dict]:
 
 def test_init_ray_defaults_to_local_with_the_machine_cpus(ray_init_calls):
     init_ray(RayConfig())
-    assert ray_init_calls == [{"num_cpus": os.cpu_count(), "num_gpus": None, "include_dashboard": False}]
+    [call] = ray_init_calls
+    assert (call["num_cpus"], call["num_gpus"], call["include_dashboard"]) == (os.cpu_count(), None, False)
+    assert "address" not in call
 
 
 def test_init_ray_address_from_config_beats_environment(ray_init_calls, monkeypatch):
@@ -59,8 +63,23 @@ def test_init_ray_address_from_config_beats_environment(ray_init_calls, monkeypa
     monkeypatch.setenv("RAY_ADDRESS", "ray://env-head:10001")
     init_ray(RayConfig())
     init_ray(RayConfig(address="ray://config-head:10001"))
-    assert ray_init_calls == [{"num_cpus": 3, "num_gpus": 1, "include_dashboard": False},
-                              {"address": "ray://env-head:10001"}, {"address": "ray://config-head:10001"}]
+    shipped = shipped_code_env()
+    local, *joined = ray_init_calls
+    assert (local["num_cpus"], local["num_gpus"]) == (3, 1) and "address" not in local
+    assert [(call["address"], call["runtime_env"]) for call in joined] == [("ray://env-head:10001", shipped),
+                                                                          ("ray://config-head:10001", shipped)]
+
+
+def test_cluster_workers_get_the_drivers_vipo_and_its_commit(monkeypatch):
+    """Joining a cluster, the workers import the vipo this process imported (py_modules) and tag its commit."""
+    import vipo
+
+    monkeypatch.delenv("VIPO_GIT_COMMIT", raising=False)
+    env = shipped_code_env()
+    assert env["py_modules"] == [str(Path(vipo.__file__).resolve().parent)]
+    assert env["env_vars"] == {"VIPO_GIT_COMMIT": git_commit()}
+    monkeypatch.setenv("VIPO_GIT_COMMIT", "abc123")  # set by the submitter: the workers inherit it already
+    assert shipped_code_env() == {"py_modules": env["py_modules"]}
 
 
 def test_init_ray_is_a_no_op_when_ray_is_running(ray_init_calls, monkeypatch):

@@ -90,6 +90,10 @@ class MethodConfig(Config):
         """The method whose prediction this one takes as its prior (DiffuEraser's ProPainter), or None."""
         return None
 
+    def notes(self, label: str) -> list[str]:
+        """Caveats the report must state about this method's numbers (``label`` names it there)."""
+        return []
+
     def checkpoint_hash(self) -> str:
         """sha256 of the content of the weights this method loads (its own, not its prior's)."""
         return content_hash(self.weight_paths())

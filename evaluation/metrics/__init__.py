@@ -11,7 +11,7 @@ Conventions (all functions):
 
 from evaluation.metrics.inputs import mean_over_scored_frames, to_mask_tensor, to_video_tensor
 from evaluation.metrics.lpips_metric import backbone_checkpoint_name, get_lpips, masked_lpips
-from evaluation.metrics.pixel import DEFAULT_BOUNDARY_PX, masked_psnr, masked_ssim
+from evaluation.metrics.pixel import DEFAULT_BOUNDARY_PX, frame_ssim_win65, masked_psnr, masked_ssim
 from evaluation.metrics.region_masks import Region, bbox_mask, boundary_ring, select_region
 from evaluation.metrics.regions import (
     OutsideChange,
@@ -43,6 +43,7 @@ __all__ = [
     "boundary_ring",
     "boundary_ring_psnr",
     "estimate_gt_flow",
+    "frame_ssim_win65",
     "get_lpips",
     "masked_lpips",
     "masked_psnr",

@@ -7,18 +7,31 @@ that published video-inpainting tables report.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from skimage.metrics import structural_similarity
 from torch import Tensor
 
 from evaluation.metrics.inputs import VideoLike, mean_over_scored_frames, to_mask_tensor, to_video_tensor
 from evaluation.metrics.region_masks import Region, select_region
 
-__all__ = ["DEFAULT_BOUNDARY_PX", "SSIM_SIGMA", "SSIM_WINDOW", "masked_psnr", "masked_ssim", "prepare_inputs"]
+__all__ = [
+    "DEFAULT_BOUNDARY_PX",
+    "PROPAINTER_SSIM_WINDOW",
+    "SSIM_SIGMA",
+    "SSIM_WINDOW",
+    "frame_ssim_win65",
+    "masked_psnr",
+    "masked_ssim",
+    "prepare_inputs",
+]
 
 DEFAULT_BOUNDARY_PX = 7  # dilation kernel side as in vipo.regions.decompose: a 3 px band
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 _SSIM_K1, _SSIM_K2 = 0.01, 0.03
+PROPAINTER_SSIM_WINDOW = 65
+"""ProPainter's ``core/metrics.py`` (and the research group's table) score SSIM with skimage and ``win_size=65``."""
 
 
 def prepare_inputs(
@@ -140,3 +153,20 @@ def masked_ssim(
     pixels = scored.sum(dim=(1, 2))
     per_frame = (torch.cat(sums) / pixels).reshape(b, f)
     return mean_over_scored_frames(per_frame, (pixels > 0).reshape(b, f))
+
+
+def frame_ssim_win65(pred: np.ndarray, target: np.ndarray) -> float:
+    """Whole-frame SSIM as ProPainter's ``calc_psnr_and_ssim`` and the research group report it: skimage's
+    ``structural_similarity`` with a uniform 65×65 window, ``data_range=255``, over the RGB channels, per frame,
+    averaged over frames → a float (NaN when a frame side is under 65 px, where that window does not fit).
+
+    pred, target: uint8 ``(F, H, W, 3)``.
+    """
+    if min(pred.shape[1:3]) < PROPAINTER_SSIM_WINDOW:
+        return float("nan")
+    scores = [
+        structural_similarity(p.astype(np.float64), t.astype(np.float64), data_range=255, channel_axis=-1,
+                              win_size=PROPAINTER_SSIM_WINDOW)
+        for p, t in zip(pred, target)
+    ]
+    return float(np.mean(scores))

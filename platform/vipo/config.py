@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Annotated, Any, Iterable, Mapping, TypeVar
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from vipo.storage import resolve_output_path
 
 __all__ = [
     "Config",
@@ -23,6 +25,7 @@ __all__ = [
     "ExistingPath",
     "JobConfig",
     "RayConfig",
+    "StorageConfig",
     "TrackingConfig",
     "apply_overrides",
     "config_hash",
@@ -53,10 +56,6 @@ ExistingPath = Annotated[Path, AfterValidator(_must_exist)]
 """A path that must exist when the config is loaded (resolved to absolute)."""
 
 
-def _resolve(path: Path) -> Path:
-    return Path(path).expanduser().resolve()
-
-
 class RayConfig(Config):
     """Where Ray runs. ``address=None`` starts a local Ray with the machine's CPUs (or ``RAY_ADDRESS``)."""
 
@@ -74,13 +73,27 @@ class TrackingConfig(Config):
     enabled: bool = True
 
 
-class JobConfig(Config):
-    """Fields every job has. A relative ``output_dir`` resolves against the working directory."""
+class StorageConfig(Config):
+    """Where relative output paths resolve: ``root``, else ``$VIPO_STORAGE_ROOT``, else the working directory."""
 
-    output_dir: Annotated[Path, AfterValidator(_resolve)]
+    root: Path | None = None
+
+
+class JobConfig(Config):
+    """Fields every job has. A relative ``output_dir`` resolves against the storage root (:class:`StorageConfig`);
+    one inside a Ray session dir (a ``ray job submit`` working-dir copy) is an error."""
+
+    storage: StorageConfig = StorageConfig()  # before output_dir: its validator reads the root
+    output_dir: Path
     seed: int = Field(default=0, ge=0)
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @field_validator("output_dir")
+    @classmethod
+    def _in_storage(cls, path: Path, info: ValidationInfo) -> Path:
+        storage = info.data.get("storage")
+        return resolve_output_path(path, storage.root if storage is not None else None)
 
 
 def _parse_value(text: str) -> Any:

@@ -28,10 +28,11 @@ _EXPORTS = {
         "sample_window", "vae_frame_indices",
     ],
     "vipo.data.shards": [
-        "MANIFEST_NAME", "SCHEMA_VERSION", "SHARD_SCHEMA", "ClipRecord", "Manifest", "Negative", "Prior",
-        "Provenance", "ShardInfo", "ShardWriter", "decode_frames", "decode_hole", "encode_clip", "make_clip_id",
-        "manifest_hash", "open_shard",
+        "CHECKSUM_KEY", "CLIP_IDS_KEY", "MANIFEST_NAME", "SCHEMA_VERSION", "SHARD_SCHEMA", "ClipRecord", "Manifest",
+        "Negative", "Prior", "Provenance", "ShardInfo", "ShardWriter", "decode_frames", "decode_hole", "encode_clip",
+        "make_clip_id", "manifest_hash", "open_shard", "verify_shard",
     ],
+    "vipo.data.storage": ["ShardStore"],
     "vipo.data.sources": [
         "DavisSource", "FrameFoldersSource", "Hm3dSource", "SourceConfig", "Video", "VideoFilesSource",
         "YoutubeVosSource", "scan_sources",

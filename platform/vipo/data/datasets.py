@@ -277,7 +277,6 @@ class DPODataConfig(Config):
     negative_form: NegativeForm = "composited"
     boundary_px: BoundaryPx = 7
     region_scale: int = Field(default=1, ge=1)
-    include_prior: bool = False
     prompt: str = "clean background"
     proportion_empty_prompts: float = Field(default=0.0, ge=0, le=1)
     seed: int = Field(default=0, ge=0)
@@ -304,7 +303,6 @@ class DPODataset(_TwoStepDataset):
     - ``input_ids``: int64 (L,);
     - ``neg_type``: int64 scalar, the negative's kind as an index into ``dataset.negative_kinds`` (sorted kinds
       of all the manifest's shards; an id, not a string, so that batches are all tensors as Ray Train needs);
-    - ``pixel_values_prior``: float32 (F,3,H,W), only with ``include_prior`` (rows without prior frames skip).
 
     Region masks are recomputed here from the stored hole mask, not read from the shards: they are a pure function
     of the hole and ``boundary_px``, so shards stay small and the boundary width can be tuned without regenerating.
@@ -347,7 +345,6 @@ class DPODataset(_TwoStepDataset):
             negative_weights=dict(config.negative_weights),
             selected_only=config.selected_only,
             negative_form=config.negative_form,
-            include_prior=config.include_prior,
             proportion_empty_prompts=config.proportion_empty_prompts,
             seed=config.seed,
         )
@@ -401,8 +398,6 @@ class DPODataset(_TwoStepDataset):
             "input_ids": _prompt_ids(batch["empty_prompt"], self.input_ids, self.empty_ids),
             "neg_type": _tensor(np.asarray(batch["neg_type"], dtype=np.int64)),
         }
-        if self.config.include_prior:
-            out["pixel_values_prior"] = _pixels(batch["prior"])
         return out
 
     def to_ray_dataset(self, epoch: int = 0, num_blocks: int | None = None):

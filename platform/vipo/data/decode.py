@@ -51,15 +51,14 @@ class DPORowDecoder:
     negative_weights: Mapping[str, float] = field(default_factory=dict)
     selected_only: bool = False
     negative_form: NegativeForm = "composited"
-    include_prior: bool = False
     proportion_empty_prompts: float = 0.0
     seed: int = 0
 
     @property
     def columns(self) -> list[str]:
         """Shard columns a row must carry."""
-        columns = ["clip_id", "height", "width", "frames", "masks", "negatives"]
-        return columns + ["prior"] if self.include_prior else columns
+        # Not "prior": the generator records which prior a negative used, not its frames, and no stage reads them.
+        return ["clip_id", "height", "width", "frames", "masks", "negatives"]
 
     def choose_negative(self, negatives: Sequence[dict], rng: np.random.Generator) -> int | None:
         """Index into ``negatives`` (dicts with ``kind``, ``selected``, ``composited``) under the policy, or None if none fits.
@@ -83,8 +82,8 @@ class DPORowDecoder:
 
     def decode_row(self, row: Mapping[str, Any], epoch: int, shard_name: str) -> dict[str, Any]:
         """A shard row → raw sample: ``pos``/``neg`` uint8 (F,H,W,3), ``hole`` bool (F,H,W) True = hole,
-        ``neg_type`` int (index into ``negative_kinds``), ``empty_prompt`` bool, ``clip_id`` str (and ``prior``
-        uint8 (F,H,W,3) with ``include_prior``). Raises :class:`BadSample` naming shard, clip and image."""
+        ``neg_type`` int (index into ``negative_kinds``), ``empty_prompt`` bool, ``clip_id`` str. Raises
+        :class:`BadSample` naming shard, clip and image."""
         where = f"{self.shards / shard_name}:{row['clip_id']}"
         size = (int(row["height"]), int(row["width"]))
         rng = sample_rng(self.seed, epoch, row["clip_id"])
@@ -104,10 +103,6 @@ class DPORowDecoder:
         if not len(raw["pos"]) == len(raw["neg"]) == len(raw["hole"]):
             raise BadSample(where, f"frame counts differ: {len(raw['pos'])} frames, {len(raw['neg'])} negative "
                                    f"frames, {len(raw['hole'])} masks")
-        if self.include_prior:
-            if not len(row["prior"]["frames"]):
-                raise BadSample(where, f"no prior frames stored (prior kind {row['prior']['kind']!r})")
-            raw["prior"] = decode_frames(row["prior"]["frames"], f"{where}:prior", size)
         return raw
 
 

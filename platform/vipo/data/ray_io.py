@@ -23,7 +23,8 @@ class ClipShardDatasink(Datasink):
 
     Rows may carry an extra ``skip_reason`` string column: rows where it is non-empty are not written but
     recorded in the manifest as skipped with that reason. The manifest is updated once, on the driver, when the
-    write finishes; the shards of a run that dies before that are adopted by the next :meth:`Manifest.load`.
+    write finishes; the shards of a run that dies before that are verified and adopted by the next
+    :meth:`Manifest.load`. (``vipo generate`` streams commit records instead, see :mod:`vipo.generate.writer`.)
 
     Usage: ``ds.write_datasink(ClipShardDatasink(out_dir, run_tag="gen-0", min_rows_per_shard=64))``.
     """

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from vipo.config import Config, JobConfig, dump_config
+from vipo.data.images import FrameCodec
 from vipo.data.sampling import ClipSamplingConfig
 from vipo.data.sources import SourceConfig
 from vipo.generate.candidates import QualityBand, QualityGate
@@ -22,7 +23,7 @@ from vipo.generate.kinds import KindConfig
 from vipo.generate.models import MODEL_LOADERS, ModelSpec
 from vipo.masks import MovingMaskConfig
 
-__all__ = ["CONTENT_FIELDS", "GenerateConfig", "StageConfig"]
+__all__ = ["CONTENT_FIELDS", "GenerateConfig", "StageConfig", "WriterConfig"]
 
 CONTENT_FIELDS = frozenset({
     "seed", "sources", "sampling", "max_videos", "clips_per_video", "masks_per_clip", "masks", "kinds", "models",
@@ -40,10 +41,28 @@ class StageConfig(Config):
     num_gpus: float = Field(default=0.0, ge=0)
     """GPUs per actor; fractional packs several actors on one GPU (e.g. 0.5)."""
     num_cpus: float = Field(default=1.0, gt=0)
-    pool_size: int = Field(default=1, ge=1)
-    """Actors in the pool (one per GPU is the usual choice)."""
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Custom Ray resources per actor (e.g. ``{"a100": 1}`` to pin the pool to such nodes)."""
+    min_size: int = Field(default=1, ge=1)
+    max_size: int = Field(default=1, ge=1)
+    """The pool autoscales between ``min_size`` and ``max_size`` actors as the cluster has room and the stage has
+    work (one actor per GPU is the usual upper bound); equal bounds give a fixed pool."""
     batch_size: int = Field(default=1, ge=1)
     """Clips per actor call; keep it small (1-4): each clip is tens of MB of frames inside the actor."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "StageConfig":
+        if self.min_size > self.max_size:
+            raise ValueError(f"stages.{self.name}: min_size {self.min_size} > max_size {self.max_size}")
+        return self
+
+
+class WriterConfig(Config):
+    """The write step after the stages: Ray tasks that encode nothing, only write rows into shards."""
+
+    num_cpus: float = Field(default=0.25, gt=0)
+    resources: dict[str, float] = Field(default_factory=dict)
+    """Custom Ray resources per write task (e.g. to keep writes on the nodes that mount ``shard_storage``)."""
 
 
 class GenerateConfig(JobConfig):
@@ -65,9 +84,19 @@ class GenerateConfig(JobConfig):
     quality_gate: QualityGate = QualityGate()
     max_error_fraction: float = Field(default=0.1, ge=0, le=1)
     """The run stops once bad-input clips exceed this fraction of all planned clips."""
-    frame_codec: Literal["png", "jpeg"] = "png"
+    frame_codec: FrameCodec = "png"
+    """Frames in shards: ``png`` (lossless), ``zstd`` (lossless raw + Zstandard: ~1.6x PNG's size, decodes ~10x
+    faster), ``jpeg`` (lossy, ``jpeg_quality``); masks are always PNG."""
     jpeg_quality: int = Field(default=95, ge=1, le=100)
     rows_per_shard: int = Field(default=64, ge=1)
+    """Target rows per shard; a shard holds whole clip windows (``masks_per_clip`` rows each), so it may hold up
+    to ``masks_per_clip - 1`` rows more."""
+    shard_storage: str | None = None
+    """Where the workers write shard files: a path every node can reach (a shared mount) or a pyarrow filesystem
+    URI (``s3://bucket/prefix``, ``gs://...``). Default: ``<output_dir>/shards``, next to the manifest."""
+    writer: WriterConfig = WriterConfig()
+    lease_stale_seconds: float = Field(default=120.0, gt=0)
+    """A lease on the output folder whose heartbeat is older than this is taken over (its holder is dead)."""
     contact_sheet_clips: int = Field(default=4, ge=0)
     executor: Literal["ray", "local"] = "ray"
     """``ray``: actor pools on Ray Data; ``local``: the same stages in this process, one clip at a time."""

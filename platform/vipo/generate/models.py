@@ -44,7 +44,9 @@ class ModelLoadError(RuntimeError):
 def _load_propainter(spec: ModelSpec, device: str) -> Any:
     from vipo.pipelines.propainter import ProPainterPipeline
 
-    knobs = {"progress": False, **spec.options}  # the job shows one clips-done bar, not one per model call
+    # The job shows one clips-done bar, not one per model call. ProPainter runs here as DiffuEraser's prior (the
+    # blur negative reuses that output), so it runs as DiffuEraser does unless the options say otherwise.
+    knobs = {"progress": False, "preset": "diffueraser_prior", **spec.options}
     if spec.weights is None:
         return ProPainterPipeline.from_random(device=device, seed=spec.random_init, **knobs)
     return ProPainterPipeline.from_pretrained(spec.weights, device=device, **knobs)

@@ -13,7 +13,7 @@ import numpy as np
 from vipo.data.images import decode_image
 from vipo.data.shards import Manifest
 from vipo.generate.candidates import TOO_CLOSE, QualityGate
-from vipo.generate.plan import WorkResult
+from vipo.generate.writer import ShardCommit
 
 __all__ = ["PSNR_CAP", "RunStats", "contact_sheet", "manifest_summary"]
 
@@ -71,12 +71,10 @@ class RunStats:
     clips_failed: int = 0
     seconds: Counter = field(default_factory=Counter)
 
-    def add_result(self, result: WorkResult) -> None:
-        self.clips_processed += 1
-        if result.error is not None:
-            self.clips_failed += 1
-        else:
-            self.seconds.update(result.seconds)
+    def add_commit(self, commit: ShardCommit) -> None:
+        self.clips_processed += commit.clips
+        self.clips_failed += commit.failed
+        self.seconds.update(commit.seconds)
 
     def summary(self) -> dict:
         """Counts of this invocation and its mean seconds per clip per step and per kind."""

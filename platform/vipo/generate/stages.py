@@ -23,6 +23,7 @@ from vipo.generate.config import GenerateConfig, StageConfig
 from vipo.generate.kinds import Clip, NegativeKind
 from vipo.generate.models import ModelSpec, load_models, pick_device
 from vipo.generate.plan import WorkItem, WorkResult, derive_seed
+from vipo.generate.writer import ShardCommit, ShardWriteStage, write_in_batches
 from vipo.masks import MovingMaskConfig, random_moving_masks
 
 __all__ = ["GENERATOR", "GenerateStage", "Resources", "build_stages", "load_window", "run_in_process"]
@@ -32,10 +33,12 @@ GENERATOR = "vipo.generate"
 
 @dataclass(frozen=True)
 class Resources:
-    """What one actor of a stage reserves (fractional GPUs pack several actors per GPU)."""
+    """What one actor of a stage reserves (fractional GPUs pack several actors per GPU; ``custom``: named Ray
+    resources)."""
 
     cpus: float = 1.0
     gpus: float = 0.0
+    custom: dict[str, float] = field(default_factory=dict)
 
 
 def load_window(item: WorkItem, sampling: ClipSamplingConfig, seed: int) -> tuple[ClipWindow, np.ndarray]:
@@ -69,7 +72,8 @@ class GenerateStage:
     jpeg_quality: int = 95
     resources: Resources = Resources()
     batch_size: int = 1
-    pool_size: int = 1
+    min_size: int = 1
+    max_size: int = 1
     device: str = field(default="cpu", init=False)
 
     @classmethod
@@ -81,8 +85,8 @@ class GenerateStage:
             models={name: config.models[name] for name in needed}, scorer=scorer, sampling=config.sampling,
             masks=config.masks, seed=config.seed, band=config.quality_band, gate=config.quality_gate,
             config_hash=config.content_hash(), frame_codec=config.frame_codec, jpeg_quality=config.jpeg_quality,
-            resources=Resources(stage.num_cpus, stage.num_gpus), batch_size=stage.batch_size,
-            pool_size=stage.pool_size,
+            resources=Resources(stage.num_cpus, stage.num_gpus, dict(stage.resources)), batch_size=stage.batch_size,
+            min_size=stage.min_size, max_size=stage.max_size,
         )
 
     def setup(self) -> None:
@@ -164,11 +168,17 @@ def build_stages(config: GenerateConfig, scorer: Scorer) -> list[GenerateStage]:
     return [GenerateStage.from_config(config, stage, scorer) for stage in config.stage_configs()]
 
 
-def run_in_process(work: list[WorkResult], stages: list[GenerateStage]) -> Iterator[WorkResult]:
-    """Run the stages here, one clip at a time (models load once): the executor without Ray."""
+def _processed(work: list[WorkResult], stages: list[GenerateStage]) -> Iterator[WorkResult]:
     for stage in stages:
         stage.setup()
     for result in work:
         for stage in stages:
             result = stage.process(result)
         yield result
+
+
+def run_in_process(work: list[WorkResult], stages: list[GenerateStage],
+                   writer: ShardWriteStage) -> Iterator[ShardCommit]:
+    """Run the stages here, one clip at a time (models load once), and write the shards: the executor without
+    Ray."""
+    return write_in_batches(_processed(work, stages), writer)

@@ -2,7 +2,9 @@
 
 Follows upstream ``diffueraser/diffueraser.py`` + ``pipeline_diffueraser.py`` (spec sections 4.1-4.7):
 
-1. masks are binarised, eroded once and dilated ``mask_dilation_iter`` times (3x3); holes are blacked out;
+1. masks are binarised, eroded ``mask_erosion_iter`` times (upstream once) and dilated ``mask_dilation_iter`` times
+   (3x3); holes are blacked out. With ``mask_dilation_iter=0`` the erosion is not undone: the model is given the
+   ground truth of a 1-px ring inside the caller's hole (upstream's quirk, kept as the default);
 2. BrushNet's conditioning is the VAE latent of the masked frames plus the known-pixel mask (1 = known);
 3. the prior (e.g. ProPainter output) is VAE-encoded and forward-diffused to the first sampling timestep --
    what upstream's ``add_noise`` call effectively does (t = 999 for the 2-step PCM schedule); ``prior=None``
@@ -10,8 +12,9 @@ Follows upstream ``diffueraser/diffueraser.py`` + ``pipeline_diffueraser.py`` (s
 4. the noise is one window of Gaussian noise tiled over the video;
 5. videos longer than two windows first inpaint 22 evenly spaced keyframes as one clip; those frames then enter
    the main pass as fully-known BrushNet anchors;
-6. the main pass denoises 22-frame windows overlapping by 5, alternating two window sets per step, cross-fading
-   the overlaps linearly;
+6. the main pass denoises 22-frame windows overlapping by 5, alternating two window sets per step; each window is
+   stepped from the scheduler state ``set_timesteps`` left (as upstream, so multistep samplers run first order)
+   and the stepped windows are cross-faded linearly over the overlaps, the last overlapped frame overwritten;
 7. frames are decoded in batches and composited with a feathered mask (dilated mask union its Gaussian blur).
 
 A sequence of seeds splits the video into that many equal segments that are inpainted independently and spliced
@@ -23,6 +26,7 @@ the ones trainers reuse.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,6 +57,7 @@ from vipo.models.unet_brushnet import BrushNetUNet
 WINDOW_SIZE = 22
 WINDOW_OVERLAP = WINDOW_SIZE // 4
 MASK_DILATION_ITER = 8
+MASK_EROSION_ITER = 1
 # cv2.GaussianBlur kernel of upstream's feathered compositing (sigma derived from the size: 3.5 px).
 BLEND_KERNEL_SIZE = 21
 
@@ -75,8 +80,11 @@ class DiffuEraserPipelineOutput(BaseOutput):
 # --------------------------------------------------------------------------------------------------------------
 
 
-def dilate_hole_masks(hole_masks: np.ndarray, iterations: int = MASK_DILATION_ITER) -> np.ndarray:
-    """Upstream mask preprocessing: erode once, then dilate ``iterations`` times, both with a 3x3 square.
+def dilate_hole_masks(
+    hole_masks: np.ndarray, iterations: int = MASK_DILATION_ITER, erosion: int = MASK_EROSION_ITER
+) -> np.ndarray:
+    """Upstream mask preprocessing: erode ``erosion`` times (upstream once), then dilate ``iterations`` times, both
+    with a 3x3 square.
 
     Args:
         hole_masks: ``(F, H, W)``, True / non-zero = hole.
@@ -87,7 +95,8 @@ def dilate_hole_masks(hole_masks: np.ndarray, iterations: int = MASK_DILATION_IT
     kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (3, 3))
     dilated = []
     for mask in np.asarray(hole_masks):
-        mask = cv2.erode((mask > 0).astype(np.uint8), kernel, iterations=1)
+        mask = (mask > 0).astype(np.uint8)
+        mask = cv2.erode(mask, kernel, iterations=erosion) if erosion > 0 else mask
         dilated.append(cv2.dilate(mask, kernel, iterations=iterations) if iterations > 0 else mask)
     return np.stack(dilated).astype(bool)
 
@@ -99,19 +108,23 @@ def feathered_blend_masks(hole_masks: np.ndarray) -> np.ndarray:
         hole_masks: ``(F, H, W)`` bool, True = hole (already dilated).
 
     Returns:
-        ``(F, H, W)`` float32 in [0, 1]; 1 on the hole, 0 farther than ``BLEND_KERNEL_SIZE // 2`` px from it.
+        ``(F, H, W)`` float32 multiples of 1/255 in [0, 1]; 1 on the hole, 0 farther than ``BLEND_KERNEL_SIZE // 2``
+        px from it.
     """
     hard = hole_masks.astype(np.uint8) * 255
     # Blurring the uint8 image, as upstream does, rounds the far tail of the kernel to exactly zero.
     blurred = np.stack([cv2.GaussianBlur(mask, (BLEND_KERNEL_SIZE, BLEND_KERNEL_SIZE), 0) for mask in hard])
-    return (1.0 - (1.0 - hard / 255.0) * (1.0 - blurred / 255.0)).astype(np.float32)
+    weights = 1.0 - (1.0 - hard / 255.0) * (1.0 - blurred / 255.0)
+    # Upstream stores the weights as a uint8 image, truncating them to multiples of 1/255.
+    return (weights * 255).astype(np.uint8).astype(np.float32) / 255.0
 
 
 def composite(generated: np.ndarray, original: np.ndarray, blend: np.ndarray) -> np.ndarray:
-    """``generated * blend + original * (1 - blend)`` for uint8 ``(F, H, W, 3)`` frames and ``(F, H, W)`` weights."""
+    """``generated * blend + original * (1 - blend)`` for uint8 ``(F, H, W, 3)`` frames and ``(F, H, W)`` weights,
+    truncated to uint8 as upstream's ``astype(np.uint8)``."""
     weight = blend[..., None]
     mixed = generated.astype(np.float32) * weight + original.astype(np.float32) * (1.0 - weight)
-    return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+    return np.clip(mixed, 0, 255).astype(np.uint8)
 
 
 def frames_to_tensor(frames: np.ndarray, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
@@ -202,21 +215,23 @@ def window_starts(num_frames: int, window: int, overlap: int, shifted: bool) -> 
 
 
 def blend_windows(starts: Sequence[int], predictions: Sequence[torch.Tensor], num_frames: int) -> torch.Tensor:
-    """Stitch per-window predictions ``(window, ...)`` into ``(num_frames, ...)``.
+    """Stitch per-window results ``(window, ...)`` into ``(num_frames, ...)`` as upstream does.
 
-    Windows are taken in order; where a window overlaps frames already written, it is cross-faded in with
-    weights rising linearly from ``1/(k+1)`` to ``k/(k+1)`` over the ``k`` overlapping frames, then overwrites.
+    Windows are taken in order; where a window overlaps ``k`` frames already written, its first ``k - 1`` of them
+    are cross-faded in with weights ``1/(k+1) .. (k-1)/(k+1)`` and the window overwrites from its ``k``-th frame
+    on (upstream's ``pipeline_diffueraser.py`` overwrites the last overlapped frame rather than giving it
+    ``k/(k+1)``).
     """
     stitched = predictions[0].new_empty((num_frames, *predictions[0].shape[1:]))
     written = 0
     for start, prediction in zip(starts, predictions):
-        overlap = max(written - start, 0)
-        if overlap:
-            ramp = torch.linspace(0, 1, overlap + 2, device=prediction.device)[1:-1]
+        faded = max(written - start - 1, 0)
+        if faded:
+            ramp = torch.linspace(0, 1, faded + 3, device=prediction.device)[1:-2]
             ramp = ramp.to(prediction.dtype).view(-1, *([1] * (prediction.ndim - 1)))
-            region = slice(start, start + overlap)
-            stitched[region] = stitched[region] * (1 - ramp) + prediction[:overlap] * ramp
-        stitched[start + overlap : start + len(prediction)] = prediction[overlap:]
+            region = slice(start, start + faded)
+            stitched[region] = stitched[region] * (1 - ramp) + prediction[:faded] * ramp
+        stitched[start + faded : start + len(prediction)] = prediction[faded:]
         written = max(written, start + len(prediction))
     return stitched
 
@@ -324,6 +339,7 @@ class DiffuEraserPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         seeds: list[int],
         num_inference_steps: int,
         mask_dilation_iter: int,
+        mask_erosion_iter: int,
         window_size: int,
         window_overlap: int,
         windows_per_batch: int,
@@ -349,6 +365,7 @@ class DiffuEraserPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         checks = {
             "num_inference_steps": num_inference_steps >= 1,
             "mask_dilation_iter": mask_dilation_iter >= 0,
+            "mask_erosion_iter": mask_erosion_iter >= 0,
             "window_size": window_size >= 1 and (max_window is None or window_size <= max_window),
             "window_overlap": 0 <= window_overlap < window_size,
             "windows_per_batch": windows_per_batch >= 1,
@@ -369,6 +386,7 @@ class DiffuEraserPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         seed: int | Sequence[int] = 0,
         num_inference_steps: int = 2,
         mask_dilation_iter: int = MASK_DILATION_ITER,
+        mask_erosion_iter: int = MASK_EROSION_ITER,
         window_size: int = WINDOW_SIZE,
         window_overlap: int = WINDOW_OVERLAP,
         keyframe_pass: bool = True,
@@ -387,7 +405,9 @@ class DiffuEraserPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
             seed: one seed, or one per segment: the video is cut into that many equal segments, each inpainted
                 independently with its seed, then spliced. Same seeds -> same output.
             num_inference_steps: 2 for the 2-step PCM LoRA; more for plain samplers.
-            mask_dilation_iter: 3x3 dilations after the single erosion (upstream 8).
+            mask_dilation_iter: 3x3 dilations after the erosion (upstream 8).
+            mask_erosion_iter: 3x3 erosions first (upstream 1; with no dilation the hole filled is that much
+                smaller than ``hole_masks``).
             window_size, window_overlap: sliding windows (upstream 22 and 5).
             keyframe_pass: pre-inpaint keyframes of videos longer than ``2 * window_size`` (upstream on).
             blend: feathered compositing; ``False`` pastes the generation into the dilated hole only.
@@ -400,13 +420,13 @@ class DiffuEraserPipeline(DiffusionPipeline, StableDiffusionLoraLoaderMixin):
         seeds = [seed] if isinstance(seed, (int, np.integer)) else list(seed)
         # 1. check inputs
         self.check_inputs(
-            frames, hole_masks, prior, seeds, num_inference_steps, mask_dilation_iter, window_size,
+            frames, hole_masks, prior, seeds, num_inference_steps, mask_dilation_iter, mask_erosion_iter, window_size,
             window_overlap, windows_per_batch, decode_chunk_size, max_image_size, eta,
         )  # fmt: skip
         device, dtype = self._execution_device, self.unet.dtype
         size = processing_size(*frames.shape[1:3], max_image_size)
         # 2. masks: preprocess at input size (compositing), resize for the models
-        holes = dilate_hole_masks(hole_masks, mask_dilation_iter)
+        holes = dilate_hole_masks(hole_masks, mask_dilation_iter, mask_erosion_iter)
         model_holes = _resize(holes.astype(np.uint8), size, cv2.INTER_NEAREST).astype(bool)
         model_frames = _resize(frames, size, cv2.INTER_AREA)
         model_masked = model_frames * ~model_holes[..., None]
@@ -511,31 +531,37 @@ class _Sampler:
     def denoise(
         self, latents: torch.Tensor, conditioning: torch.Tensor, window_size: int, generator: torch.Generator
     ) -> torch.Tensor:
-        """Run the full schedule over ``(n, 4, h, w)`` latents with sliding windows.
+        """Run the full schedule over ``(n, 4, h, w)`` latents with sliding windows, per window as upstream.
 
-        Window noise predictions are cross-faded before one scheduler step over the whole video. Upstream
-        cross-fades the per-window stepped latents instead; for the deterministic single-step samplers used
-        (TCD with eta=0, DDIM) the step is linear in the prediction, so both agree, and stepping once keeps a
-        multistep sampler's history consistent.
+        Upstream saves the scheduler's state after ``set_timesteps`` and restores it before every window of every
+        step, steps each window's latents on their own and blends the stepped windows (:func:`blend_windows`).
+        Every step therefore starts from an empty history: multistep samplers run first order without a
+        corrector (UniPC is UniP-1, DPM-Solver++ is DPM-Solver-1); single-step ones (TCD, DDIM, Euler) are
+        unaffected. Each restore is a fresh copy (upstream shares the saved history lists, which only samplers
+        that append to them, such as PNDM, would read).
         """
         scheduler = self.pipeline.scheduler
         scheduler.set_timesteps(self.num_inference_steps, device=latents.device)
+        fresh_state = copy.deepcopy(scheduler.__dict__)
         num_frames = latents.shape[0]
         window = min(window_size, num_frames)
         extra = {key: value for key, value in (("eta", self.eta), ("generator", generator)) if key in self.step_accepts}
         for step, timestep in enumerate(self.pipeline.progress_bar(scheduler.timesteps)):
-            model_input = scheduler.scale_model_input(latents, timestep)
             starts = window_starts(num_frames, window, self.window_overlap, shifted=step % 2 == 1)
-            predictions = []
+            stepped = []
             for first in range(0, len(starts), self.windows_per_batch):
                 batch = starts[first : first + self.windows_per_batch]
                 frames = torch.cat([torch.arange(start, start + window) for start in batch]).to(latents.device)
+                scheduler.__dict__.update(copy.deepcopy(fresh_state))
+                model_input = scheduler.scale_model_input(latents[frames], timestep)
                 noise_pred = self.denoiser(
-                    model_input[frames], timestep, self.prompt_embeds, conditioning[frames], num_frames=window
+                    model_input, timestep, self.prompt_embeds, conditioning[frames], num_frames=window
                 )
-                predictions += noise_pred.split(window)
-            noise_pred = blend_windows(starts, predictions, num_frames)
-            latents = scheduler.step(noise_pred, timestep, latents, **extra, return_dict=False)[0]
+                for start, window_pred in zip(batch, noise_pred.split(window)):
+                    scheduler.__dict__.update(copy.deepcopy(fresh_state))
+                    window_latents = latents[start : start + window]
+                    stepped.append(scheduler.step(window_pred, timestep, window_latents, **extra, return_dict=False)[0])
+            latents = blend_windows(starts, stepped, num_frames)
         return latents
 
 

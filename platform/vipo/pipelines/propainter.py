@@ -14,11 +14,12 @@ Weights are the released files in one folder (``weights/propainter/`` in the pro
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
 import cv2
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torchvision.models.optical_flow import RAFT, raft_large
 from tqdm.auto import tqdm
 
@@ -33,6 +34,7 @@ from vipo.models.propainter import (
 )
 
 __all__ = [
+    "DIFFUERASER_PRIOR",
     "WEIGHT_FILES",
     "ProPainterConfig",
     "ProPainterPipeline",
@@ -49,10 +51,25 @@ WEIGHT_FILES = {
     "generator": "ProPainter.pth",
 }
 MIN_PROCESSING_SIZE = 16
+DIFFUERASER_PRIOR = {"resize_ratio": 0.6, "mask_dilation": 8, "subvideo_length": 50, "fp16": True}
+"""How DiffuEraser's ``run_diffueraser.py`` runs its ProPainter prior (``propainter/inference.py`` defaults
+``resize_ratio=0.6, fp16=True``; the script passes ``subvideo_length=50`` and its ``mask_dilation_iter``, 8)."""
 
 
 class ProPainterConfig(Config):
-    """Inference knobs; defaults are upstream ``inference_propainter.py``'s."""
+    """Inference knobs; defaults are upstream ``inference_propainter.py``'s, or DiffuEraser's prior settings with
+    ``preset: diffueraser_prior`` (fields given explicitly win over the preset)."""
+
+    preset: Literal["standalone", "diffueraser_prior"] = "standalone"
+    """``standalone``: ProPainter as its own method; ``diffueraser_prior``: :data:`DIFFUERASER_PRIOR`, for every
+    ProPainter run that feeds DiffuEraser (generation, evaluation, validation)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("preset") == "diffueraser_prior":
+            return {**DIFFUERASER_PRIOR, **data}
+        return data
 
     subvideo_length: int = Field(default=80, ge=2, description="frames per sub-video (bounds device memory)")
     context_length: int = Field(default=10, ge=0, description="extra frames on each side of a sub-video (vipo's)")

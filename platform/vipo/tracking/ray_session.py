@@ -10,10 +10,13 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from pathlib import Path
 
+import vipo
 from vipo.config import RayConfig
+from vipo.tracking.identity import git_commit
 
-__all__ = ["init_ray", "tune_verbosity", "verbose"]
+__all__ = ["init_ray", "shipped_code_env", "tune_verbosity", "verbose"]
 
 VERBOSE_ENV = "VIPO_VERBOSE"
 
@@ -36,6 +39,19 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|diffusers|transformers|ray|peft)\.")
 
 
+def shipped_code_env() -> dict:
+    """The runtime env that makes a cluster's workers run this process's ``vipo`` and record its identity.
+
+    Under ``ray job submit --working-dir`` the driver imports ``vipo`` from the uploaded ``platform/``; workers
+    would import the image's installed copy, so the package goes along as a ``py_modules`` entry. Its commit is
+    taken here, in the shipped checkout (workers' copy has no ``.git``), unless ``VIPO_GIT_COMMIT`` is set already.
+    """
+    env: dict = {"py_modules": [str(Path(vipo.__file__).resolve().parent)]}
+    if not os.environ.get("VIPO_GIT_COMMIT"):
+        env["env_vars"] = {"VIPO_GIT_COMMIT": git_commit()}
+    return env
+
+
 def init_ray(config: RayConfig) -> None:
     """Start or join Ray once per process; a second call is a no-op (tests share one session)."""
     import ray
@@ -49,7 +65,7 @@ def init_ray(config: RayConfig) -> None:
     output = {"log_to_driver": loud, "logging_level": logging.INFO if loud else logging.ERROR}
     address = config.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, **output)
+        ray.init(address=address, runtime_env=shipped_code_env(), **output)
         return
     ray.init(
         num_cpus=config.num_cpus or os.cpu_count(),

@@ -27,8 +27,8 @@ from vipo.models.unet_brushnet import BrushNetUNet, unet_forward_with_brushnet
 from vipo.pipelines.diffueraser import build_conditioning, encode_frames
 from vipo.train.diffueraser import FrozenEncoders, clip_generators
 
-__all__ = ["PairDenoiser", "PairPredictions", "PreferenceInputs", "Reference", "pair_predictions",
-           "preference_inputs"]
+__all__ = ["PairDenoiser", "PairPredictions", "PreferenceInputs", "Reference", "inversion_noise",
+           "pair_predictions", "preference_inputs"]
 
 REGION_KEYS = ("mask_hole", "mask_boundary", "mask_context")
 
@@ -174,3 +174,31 @@ def pair_predictions(policy: nn.Module, model: PairDenoiser, reference: Referenc
         ref_win, ref_lose = inputs.per_pair(denoiser(**call, residuals=residuals)).chunk(2)
     policy_win, policy_lose = inputs.per_pair(policy(**call, residuals=residuals)).chunk(2)
     return PairPredictions(policy_win, policy_lose, ref_win, ref_lose)
+
+
+@torch.no_grad()
+def inversion_noise(reference: Reference, inputs: PreferenceInputs, scheduler, num_steps: int,
+                    input_dtype: torch.dtype) -> torch.Tensor:
+    """ε of the ``noise: inversion`` ablation → (N, 4, h, w): the winner DDIM-inverted (η = 0) by the reference from
+    t = 0 to each pair's t in ``num_steps`` equal steps, as the noise that forward-diffuses the winner onto that
+    latent, ``ε̂ = (x_t - √ᾱ_t z_win) / √(1 - ᾱ_t)``. Like the drawn ε it is shared by winner and loser (and by
+    policy and reference), so :func:`pair_predictions` and the loss take it unchanged."""
+    device = inputs.latents_win.device
+    alphas = scheduler.alphas_cumprod.to(device, torch.float64)
+
+    def per_frame(values: torch.Tensor) -> torch.Tensor:
+        return values.repeat_interleave(inputs.num_frames).view(-1, 1, 1, 1)
+
+    latents = inputs.latents_win.double()
+    with reference.active(device) as denoiser:
+        num_frames = inputs.num_frames if isinstance(denoiser.unet, UNetMotionModel) else None
+        for step in range(num_steps):
+            current = inputs.timesteps * step // num_steps
+            following = inputs.timesteps * (step + 1) // num_steps
+            eps = denoiser(latents.to(input_dtype), current, inputs.text.to(input_dtype),
+                           inputs.conditioning.to(input_dtype), num_frames).double()
+            alpha, alpha_next = per_frame(alphas[current]), per_frame(alphas[following])
+            clean = (latents - (1 - alpha).sqrt() * eps) / alpha.sqrt()
+            latents = alpha_next.sqrt() * clean + (1 - alpha_next).sqrt() * eps
+    alpha_t = per_frame(alphas[inputs.timesteps])
+    return ((latents - alpha_t.sqrt() * inputs.latents_win.double()) / (1 - alpha_t).sqrt()).float()

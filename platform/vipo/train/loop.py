@@ -164,7 +164,8 @@ class TrainLoop:
     # -- the loop ----------------------------------------------------------------------------------------------
     def run(self) -> Path | None:
         """Train to ``max_steps``, then export the final checkpoint (rank 0) when ``export_on_finish``.
-        Returns the export folder (rank 0) or None. The MLflow run is closed FINISHED or FAILED."""
+        Returns the export folder (rank 0) or None. The MLflow run is closed FINISHED, FAILED, or KILLED when a
+        stop request (SIGTERM, :mod:`vipo.train.preemption`) ended it at a checkpoint (no export then)."""
         try:
             self._train()
             finished = not self.stopped_early

@@ -11,19 +11,28 @@ collapsed DGR or a loss stuck at ln 2 in the log and as MLflow tags ``vipo.healt
 Tuning scope, reference and starting weights: :mod:`vipo.train.dpo_models`. The SFT-only control is
 ``loss.alpha: [0, 0, 0]`` with a non-zero ``loss.rho``.
 
+Noise (``noise``): winner and loser are forward-diffused with one drawn ε (``forward``, the default). The roadmap
+asks for DDIM-inversion noise; we keep standard Diffusion-DPO because its loss is a bound on the likelihood ratio
+under the forward process q(x_t | x_0) with ε ~ N(0, I): an ε derived from the reference's own predictions leaves
+that objective, costs ``inversion_steps`` extra reference passes per step, and puts the pair on the reference's
+trajectory, where policy and reference agree most and the preference signal is weakest. ``noise: inversion``
+(:func:`vipo.train.dpo_step.inversion_noise`: the winner DDIM-inverted by the reference, ε shared by the pair) is
+there as an ablation.
+
 Launch: ``vipo generate jobs/configs/generate_demo.yaml`` then ``vipo train jobs/configs/stage3_dpo_demo.yaml``
 (tiny models, CPU), or ``jobs/configs/stage3_dpo.yaml`` / ``stage3_log_ratio.yaml`` (full size).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from tqdm import tqdm
 
 from vipo.data import MANIFEST_NAME, DPODataConfig, DPODataset
@@ -41,7 +50,7 @@ from vipo.train.dpo_models import (
     load_policy,
     save_policy,
 )
-from vipo.train.dpo_step import pair_predictions, preference_inputs
+from vipo.train.dpo_step import inversion_noise, pair_predictions, preference_inputs
 from vipo.train.engine import WorkerContext, build_engine
 from vipo.train.loop import TrainLoop, run_recipe
 
@@ -57,6 +66,10 @@ class Stage3Config(TrainConfig):
     reference: ReferenceSettings = ReferenceSettings()
     loss: DPOLossConfig = RegionRegDPOLossConfig()
     data: DPODataConfig
+    noise: Literal["forward", "inversion"] = "forward"
+    """``forward``: one ε ~ N(0, I) per pair (Diffusion-DPO); ``inversion``: the ablation of the module docstring."""
+    inversion_steps: int = Field(default=10, ge=1)
+    """DDIM steps from 0 to the pair's t for ``noise: inversion`` (reference passes per training step)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -125,6 +138,9 @@ class Stage3Recipe(DiffuEraserRecipe):
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
         inputs = preference_inputs(batch, self.frozen, self.ctx.device, self.loop.noise)
+        if self.cfg.noise == "inversion":
+            inputs = dataclasses.replace(inputs, noise=inversion_noise(
+                self.reference, inputs, self.frozen.scheduler, self.cfg.inversion_steps, self.engine.input_dtype))
         predictions = pair_predictions(self.engine.module, self.engine.model, self.reference, inputs,
                                        self.frozen.scheduler, self.engine.input_dtype)
         # bf16 keeps ~3 digits; Δ ≈ 1e-4 on an MSE of ≈ 0.1 needs the loss path in fp32 (dpo.md §6.5).

@@ -1,0 +1,124 @@
+"""Generation on a real 2-node Ray cluster (a ``ray start --head`` and a worker node, separate processes): the
+stage actors and the write tasks are pinned to the worker node by a custom resource and write their shards into a
+folder both nodes share; the driver (its own process, as ``ray job submit`` would run it) only lists them. A driver
+killed mid-run is resumed into every clip exactly once, with the rows of an uninterrupted in-process run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from jobs.generate import GenerateJobConfig, HoleScorer
+from vipo.config import validate_config
+from vipo.data import SAMPLE_DATA_ROOT, Manifest, open_shard
+from vipo.generate import generate
+
+DRIVER = """
+import json, sys
+import ray
+from jobs.generate import GenerateJobConfig, HoleScorer
+from vipo.config import validate_config
+from vipo.generate import generate
+from vipo.generate.adapter import run_on_ray
+
+config = validate_config(GenerateJobConfig, json.loads(sys.argv[1]))
+ray.init(address=sys.argv[2])
+commits = []
+
+def recording(work, stages, writer):
+    for commit in run_on_ray(work, stages, writer):
+        commits.append(commit)
+        print("commit", commit.shard.name if commit.shard else None, flush=True)
+        yield commit
+
+summary = generate(config, HoleScorer.from_config(config.scoring), resume=sys.argv[3] == "resume", executor=recording)
+workers = [n["NodeID"] for n in ray.nodes() if n["Alive"] and "worker_node" in n["Resources"]]
+print("RESULT " + json.dumps({
+    "driver": ray.get_runtime_context().get_node_id(), "workers": workers, "writers": [c.node for c in commits],
+    "actors": [d["inpaint.node"] for c in commits for d in c.devices.values()],
+    "written": summary["samples_written"]}), flush=True)
+"""
+
+
+def _data(output_dir: Path, executor: str) -> dict:
+    return {
+        "output_dir": str(output_dir),
+        "seed": 5,
+        "sources": [{"kind": "davis", "root": str(SAMPLE_DATA_ROOT)}],
+        "max_videos": 2,
+        "clips_per_video": 2,
+        "sampling": {"nframes": 4, "resolution": 32},
+        "kinds": [{"kind": "blur"}],
+        "models": {"propainter": {"random_init": 0, "options": {"raft_iterations": 1}}},
+        "stages": [{"name": "inpaint", "kinds": ["blur"], "min_size": 1, "max_size": 2, "num_cpus": 1,
+                    "resources": {"worker_node": 1}}],
+        "writer": {"num_cpus": 0.25, "resources": {"worker_node": 0.25}},
+        "rows_per_shard": 1,
+        "executor": executor,
+        "scoring": {"allow_random_lpips_backbone": True},
+        "tracking": {"enabled": False},
+    }
+
+
+def _driver(data: dict, address: str, mode: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    return subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(data), address, mode], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+
+
+def _rows(folder: Path) -> dict[str, dict]:
+    rows = {}
+    manifest = Manifest.load(folder, adopt_unlisted=False)
+    for path in manifest.shard_paths():
+        for row in open_shard(path).read().to_pylist():
+            assert manifest.clips[row["clip_id"]]["shard"] == path.name
+            row.pop("created_at")
+            rows[row["clip_id"]] = row
+    return rows
+
+
+@pytest.mark.slow
+def test_worker_node_actors_write_shards_the_driver_lists_and_a_killed_driver_resumes_exactly_once(ray_head,
+                                                                                                  tmp_path):
+    from servers import RayNode
+
+    worker = RayNode(Path(tempfile.mkdtemp(prefix="vipo-ray-w-")), num_cpus=2, resources='{"worker_node": 4}',
+                     head_address=ray_head.address).start()
+    try:
+        shared = tmp_path / "shared"  # one folder both nodes reach (a shared mount on a real cluster)
+        data = _data(shared / "run", "ray")
+        first = _driver(data, ray_head.address, "fresh")
+        lines = []
+        for line in first.stdout:  # kill the driver (like a lost head job) once the first shard is recorded
+            lines.append(line)
+            if line.startswith("commit"):
+                os.killpg(first.pid, signal.SIGKILL)
+                break
+        first.wait(timeout=60)
+        assert lines and lines[-1].startswith("commit"), "".join(lines[-30:])
+        shards = shared / "run" / "shards"
+        assert 1 <= len(Manifest.load(shards, adopt_unlisted=False).shards) < 4
+        assert json.loads((shards / "lease.json").read_text())["pid"] == first.pid  # left by the killed driver
+
+        resumed = _driver(data, ray_head.address, "resume")  # takes the dead driver's lease over
+        out, _ = resumed.communicate(timeout=900)
+        assert resumed.returncode == 0, out[-3000:]
+        assert "taking over the stale lease" in out
+        result = json.loads(out.split("RESULT ", 1)[1])
+        (worker_id,) = result["workers"]
+        assert result["driver"] != worker_id and result["written"] == 4
+        assert set(result["writers"]) == {worker_id} and set(result["actors"]) == {worker_id}
+        rows = _rows(shards)
+    finally:
+        worker.stop()
+
+    local = validate_config(GenerateJobConfig, _data(tmp_path / "local", "local"))
+    generate(local, HoleScorer.from_config(local.scoring))
+    assert rows == _rows(tmp_path / "local" / "shards")  # every clip once, the values of an uninterrupted run
