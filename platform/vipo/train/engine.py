@@ -127,9 +127,11 @@ def build_lr_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer) -> to
 
 
 class TorchEngine:
-    """AdamW + diffusers LR schedule + clipping + accumulation (+ autocast), DDP when the group has >1 rank."""
+    """AdamW + diffusers LR schedule + clipping + accumulation (+ autocast), DDP when the group has >1 rank.
+    ``param_groups`` (torch's optimiser groups, e.g. ``{"params": [...], "lr": ...}``): per-group rates, which
+    the schedule scales alike; default one group at ``optim.lr``."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, ctx: WorkerContext):
+    def __init__(self, model: nn.Module, cfg: TrainConfig, ctx: WorkerContext, param_groups: list[dict] | None = None):
         self.model = model.to(ctx.device)
         self.params = trainable_parameters(model)
         if ctx.world_size > 1:
@@ -140,7 +142,7 @@ class TorchEngine:
         else:
             self.module = model
         self.optimizer = torch.optim.AdamW(
-            self.params, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
+            param_groups or self.params, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
             weight_decay=cfg.optim.weight_decay,
         )
         self.scheduler = build_lr_scheduler(cfg, self.optimizer)
@@ -225,7 +227,7 @@ class DeepSpeedEngine:
 
     _TAG = "state"
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, ctx: WorkerContext):
+    def __init__(self, model: nn.Module, cfg: TrainConfig, ctx: WorkerContext, param_groups: list[dict] | None = None):
         import deepspeed
 
         from vipo.train.deepspeed import deepspeed_config
@@ -234,7 +236,7 @@ class DeepSpeedEngine:
         self.zero_stage = cfg.deepspeed.zero_stage
         self.shards_parameters = self.zero_stage == 3
         self.module, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model.to(ctx.device), model_parameters=params, config=deepspeed_config(cfg),
+            model=model.to(ctx.device), model_parameters=param_groups or params, config=deepspeed_config(cfg),
             lr_scheduler=lambda optimizer: build_lr_scheduler(cfg, optimizer),
         )
         self.model = self.module.module
@@ -281,5 +283,6 @@ class DeepSpeedEngine:
         self.module.load_checkpoint(str(path), tag=self._TAG, load_module_strict=False)
 
 
-def build_engine(model: nn.Module, cfg: TrainConfig, ctx: WorkerContext) -> Engine:
-    return DeepSpeedEngine(model, cfg, ctx) if cfg.deepspeed.enabled else TorchEngine(model, cfg, ctx)
+def build_engine(model: nn.Module, cfg: TrainConfig, ctx: WorkerContext, param_groups: list[dict] | None = None) -> Engine:
+    engine = DeepSpeedEngine if cfg.deepspeed.enabled else TorchEngine
+    return engine(model, cfg, ctx, param_groups)

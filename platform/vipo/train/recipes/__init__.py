@@ -22,6 +22,7 @@ RECIPES: dict[str, str] = {
     "stage1": "vipo.train.recipes.stage1:Stage1Recipe",
     "stage2": "vipo.train.recipes.stage2:Stage2Recipe",
     "stage3": "vipo.train.recipes.stage3:Stage3Recipe",
+    "wan_vae": "vipo.train.recipes.wan_vae:WanVaeRecipe",
 }
 
 
