@@ -287,3 +287,14 @@ def test_clip_index_oversamples_and_skips_short(tmp_path):
     assert skips.counts == {"too few frames": 1} and skips.entries[0][0].endswith("480p/short")
     with pytest.raises(BadSample, match="short: too few frames: 3 < 5"):
         build_clip_index(videos, 5, SkipLog(), strict=True)
+
+
+def test_bad_sample_survives_pickling_as_ray_sends_it():
+    import pickle
+
+    from vipo.data.errors import BadSample
+
+    error = pickle.loads(pickle.dumps(BadSample("/data/v/00001.jpg", "corrupt or truncated image")))
+    assert isinstance(error, BadSample) and (error.where, error.reason) == ("/data/v/00001.jpg",
+                                                                             "corrupt or truncated image")
+    assert str(error) == "/data/v/00001.jpg: corrupt or truncated image"

@@ -24,6 +24,10 @@ class BadSample(DataError):
         self.reason = reason
         super().__init__(f"{self.where}: {reason}")
 
+    def __reduce__(self):
+        # Raised in Ray workers: it must unpickle on the driver (the default passes only the message).
+        return type(self), (self.where, self.reason)
+
 
 @dataclass
 class SkipLog:
