@@ -158,21 +158,25 @@ def _is_mapping(annotation: Any) -> bool:
 
 def _walk(cls: type[BaseModel], loc: tuple) -> tuple[tuple, set[str]]:
     """Follow ``loc`` through the schema: the path as the user wrote it (the union tags pydantic inserts for
-    discriminated unions dropped) and the keys valid beside ``loc[-1]``."""
-    candidates, path, dict_key_next = [cls], [], False
-    for part in loc[:-1]:
+    discriminated unions dropped) and the keys valid beside its last part."""
+    candidates, path, dict_key_next, valid = [cls], [], False, set()
+    for part in loc:
+        valid = {name for model in candidates for name in model.model_fields}
         if dict_key_next or not isinstance(part, str):
             dict_key_next = False
             path.append(part)  # a dict key or a list index
             continue
         fields = [m.model_fields[part] for m in candidates if part in m.model_fields]
+        tagged = [m for m in candidates if _is_tag(m, part)]
         if fields:
             candidates = [model for field in fields for model in _models_in(field.annotation)]
             dict_key_next = any(_is_mapping(field.annotation) for field in fields)
             path.append(part)
+        elif tagged:
+            candidates = tagged
         else:
-            candidates = [m for m in candidates if _is_tag(m, part)] or candidates
-    return (*path, *loc[-1:]), {name for model in candidates for name in model.model_fields}
+            path.append(part)  # the unknown key an error is about
+    return tuple(path), valid
 
 
 def _format_one(source: str, cls: type[BaseModel], error: Mapping[str, Any]) -> str:
