@@ -13,7 +13,8 @@ from servers import free_port, http_ok, stop_group, wait_for
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
-pytestmark = pytest.mark.slow
+# The demo is minutes of work on 2 cores; the module fixture's run counts toward the first test's limit.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="module")
