@@ -49,7 +49,7 @@ def test_trial_overrides_order_and_json():
 
 
 def test_bad_dims_are_config_errors(tmp_path):
-    with pytest.raises(ConfigError, match=r"rounds\.0\.space\.a\.uniform: Value error, low must be < high"):
+    with pytest.raises(ConfigError, match=r"rounds\.0\.space\.a: Value error, low must be < high"):
         _config(tmp_path, ["rounds.0.space.a={kind: uniform, low: 2, high: 1}"])
     with pytest.raises(ConfigError, match="rounds.1"):
         _config(tmp_path, ["rounds.1.fixed={b: 1}"])
