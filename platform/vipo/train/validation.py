@@ -41,9 +41,11 @@ class ClipScorer(Protocol):
     def setup(self, device: str | torch.device) -> "ClipScorer":
         """Build the networks (LPIPS, flow) on ``device``, once per worker."""
 
-    def score(self, frames: np.ndarray, hole: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
-        """uint8 (F, H, W, 3) ground truth, bool (F, H, W) hole, uint8 (F, H, W, 3) raw prediction → name → value
-        (only the prediction's hole pixels count: the scorer composites)."""
+    def score(self, frames: np.ndarray, hole: np.ndarray,
+              prediction: np.ndarray) -> tuple[dict[str, float], dict[str, list[float]]]:
+        """uint8 (F, H, W, 3) ground truth, bool (F, H, W) hole, uint8 (F, H, W, 3) raw prediction → (name → value,
+        per-clip feature vectors for set-level metrics such as VFID); only the prediction's hole pixels count: the
+        scorer composites."""
 
 
 def delta_key(metric: str, clip: str | None = None) -> str:
@@ -70,7 +72,7 @@ class ValidationGate:
     def _scores(self, outputs: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
         if self.scorer is None:
             return {}
-        return {name: self.scorer.score(*self.clips[name], outputs[name]) for name in self.clips}
+        return {name: self.scorer.score(*self.clips[name], outputs[name])[0] for name in self.clips}
 
     def set_reference(self, outputs: dict[str, np.ndarray]) -> dict[str, float]:
         """Keep the start weights' ``outputs`` (name → raw uint8 frames) as the reference; → ``val/ref_<m>``
