@@ -37,6 +37,7 @@ def evaluated(tmp_path_factory) -> Path:
                              masks=RandomMasks(seed=0), num_frames=3, height=24, width=32)
     benchmark = materialize(config, out / "benchmarks")
     cache, rng = ResultCache(out / "results"), np.random.default_rng(0)
+    run_ids = {}
     tracking_uri = f"sqlite:///{out / 'mlflow.db'}"
     for label in METHODS:
         scores = {}
@@ -47,14 +48,15 @@ def evaluated(tmp_path_factory) -> Path:
             scores[clip_id] = ClipScores(clip_id, {"psnr": 30.0 if label == "sharp" else 10.0})
         result = MethodResult(label, "propainter", label, label, scores, cache.method_dir(benchmark.hash, label)
                               / "predictions")
-        log_method_run(tracking_uri, EXPERIMENT, out / "mlartifacts", benchmark_name="tiny",
-                       benchmark_hash=benchmark.hash, benchmark_dir=benchmark.root, scoring_hash="s",
-                       scoring=ScoringConfig(), method=ScoringConfig(), result=result, metrics=["psnr"], tags={})
+        run_ids[label] = log_method_run(tracking_uri, EXPERIMENT, out / "mlartifacts", benchmark_name="tiny",
+                                        benchmark_hash=benchmark.hash, benchmark_dir=benchmark.root, scoring_hash="s",
+                                        scoring=ScoringConfig(), method=ScoringConfig(), result=result,
+                                        metrics=["psnr"], tags={})
     (out / "report").mkdir()
     (out / "report" / "index.html").write_text("<html></html>")
-    log_compare_run(tracking_uri, EXPERIMENT, out / "mlartifacts", benchmark_name="tiny",
+    log_compare_run(tracking_uri, EXPERIMENT, out / "mlartifacts", config=ScoringConfig(), benchmark_name="tiny",
                     benchmark_hash=benchmark.hash, scoring_hash="s", baseline="sharp", report_dir=out / "report",
-                    metrics={}, tags={})
+                    metrics={}, method_run_ids=run_ids, tags={})
     return out
 
 

@@ -13,7 +13,6 @@ Kubernetes ``terminationGracePeriodSeconds``).
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import signal
 import sys
@@ -64,28 +63,34 @@ def stop_on_sigterm(run_dir: Path, grace_s: float) -> Iterator[threading.Event]:
         yield signalled
         return
     timer: threading.Timer | None = None
+    expired = threading.Event()
+    main_thread_id = threading.main_thread().ident
+
+    def expire() -> None:
+        expired.set()
+        # A real signal to the main thread wakes a blocking wait (a simulated one would not) and re-enters our own
+        # handler; SIGINT's handler may belong to someone else (Ray).
+        signal.pthread_kill(main_thread_id, signal.SIGTERM)
 
     def on_sigterm(signum, frame) -> None:
         nonlocal timer
+        if expired.is_set():
+            raise PreemptionTimeout(
+                f"SIGTERM: no checkpoint within failure.preemption_grace_s={grace_s:g} s; relaunch to resume from "
+                "the newest complete checkpoint")
         if signalled.is_set():
             return
         signalled.set()
         print(f"SIGTERM: checkpointing at the next step boundary (up to {grace_s:g} s), then exiting",
               file=sys.stderr, flush=True)
         atomic_write_text(f"{time.time()}\n", request)
-        timer = threading.Timer(grace_s, _thread.interrupt_main)  # KeyboardInterrupt in the main thread
+        timer = threading.Timer(grace_s, expire)
         timer.daemon = True
         timer.start()
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         yield signalled
-    except KeyboardInterrupt:
-        if signalled.is_set():
-            raise PreemptionTimeout(
-                f"SIGTERM: no checkpoint within failure.preemption_grace_s={grace_s:g} s; relaunch to resume from "
-                "the newest complete checkpoint") from None
-        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
         if timer is not None:

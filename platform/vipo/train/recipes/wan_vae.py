@@ -40,6 +40,7 @@ from vipo.train.config import GuardSettings, OptimSettings, TrainConfig
 from vipo.train.ema import WeightEMA
 from vipo.train.engine import WorkerContext, build_engine
 from vipo.train.loop import TrainLoop, run_recipe
+from vipo.train.validation import ClipScorer
 
 __all__ = ["WanVaeConfig", "WanVaeLossConfig", "WanVaeModelSettings", "WanVaeRecipe", "linear_ramp", "train_fn"]
 
@@ -308,6 +309,7 @@ class WanVaeRecipe:
             torch.cuda.empty_cache()
 
 
-def train_fn(config: dict) -> None:
-    """The function Ray Train runs on every worker."""
-    run_recipe(WanVaeRecipe, config)
+def train_fn(config: dict, scorer: ClipScorer | None = None) -> None:
+    """The function Ray Train runs on every worker (``scorer``: see :mod:`vipo.train.validation`; this recipe
+    scores its own validation, so it goes unused)."""
+    run_recipe(WanVaeRecipe, config, scorer)
