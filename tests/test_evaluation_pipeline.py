@@ -296,8 +296,11 @@ def test_every_method_scores_every_clip_on_the_hard_composite(evaluation, demo_c
             frames, hole = evaluation.benchmark.load_clip(clip_id)
             prediction = cache.load_prediction(evaluation.benchmark.hash, result.method_hash, clip_id)
             assert scores.metrics["psnr_hole"] == pytest.approx(_hole_psnr(frames, hole, prediction), abs=1e-3)
-    # DiffuEraser's prior is ProPainter's stored output (same weights and knobs → same method hash).
-    assert demo_config.methods["diffueraser"].prior.method_hash() == results["propainter"].method_hash
+    # DiffuEraser's prior runs with upstream's prior knobs, not as the standalone ProPainter: its own cache entry.
+    prior = demo_config.methods["diffueraser"].prior
+    assert prior.options.preset == "diffueraser_prior" and prior.method_hash() != results["propainter"].method_hash
+    assert all(cache.load_prediction(evaluation.benchmark.hash, prior.method_hash(), clip_id) is not None
+               for clip_id in evaluation.benchmark.clip_ids)
 
 
 def test_fixed_seed_reproduces_the_actor_output(evaluation, demo_config):
