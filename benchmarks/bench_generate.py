@@ -165,7 +165,7 @@ def _measure(args, tmp: Path, weights: Path, name: str, mode: str, actors: int) 
                     summary["seconds_per_clip"], os.getloadavg()[0])
 
 
-def _start_ray(actors: int, temp_dir: str, attempts: int = 3) -> None:
+def _start_ray(actors: int, temp_dir: str, attempts: int = 5) -> None:
     """A new local instance (never a cluster named by RAY_ADDRESS); one logical CPU per actor plus the writes'."""
     for attempt in range(attempts):
         try:
