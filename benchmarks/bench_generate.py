@@ -45,6 +45,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+import psutil  # noqa: E402
 import ray  # noqa: E402
 import torch  # noqa: E402
 
@@ -177,6 +178,9 @@ def _start_ray(actors: int, temp_dir: str, attempts: int = 5) -> None:
             if "timed out during startup" not in str(err) or attempt == attempts - 1:
                 raise
             ray.shutdown()
+            # Ray's shutdown does not know the failed node's processes (the only ones this process has started yet).
+            for child in psutil.Process().children(recursive=True):
+                child.terminate()
 
 
 def _steadier(figures: _Figures, than: _Figures) -> bool:
