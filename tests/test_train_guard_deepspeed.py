@@ -18,10 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file
 from servers import free_port
+from test_train_guard import poisoned_recipe, weights_root  # noqa: F401 (a fixture)
 from torch import nn
 
 import vipo.train.deepspeed as deepspeed_module
+from vipo.train.checkpointing import list_checkpoints
 from vipo.train.config import GuardSettings, load_train_config
 from vipo.train.engine import WorkerContext, build_engine
 from vipo.train.guard import SKIPPED_STEPS, SkippedStepsError, StepGuard
@@ -183,3 +186,24 @@ def test_deepspeed_skips_nonfinite_steps_leaves_state_bitwise_and_matches_a_clea
                                                 r".*nonfinite_grad_norm: 2, nonfinite_loss: 2"):
         window(engine, judge, 12, {0: "grad"})
     assert_same_state(engine_state(engine), after_last)
+
+
+def test_the_loop_under_deepspeed_counts_a_skipped_step_and_checkpoints_finite_weights(
+        gloo_group, torch_adam, weights_root, tmp_path):
+    """The shared loop and a real recipe (tiny stage 1) on the DeepSpeed engine: the judge's two calls per step."""
+    recipe, snapshots = poisoned_recipe(weights_root, tmp_path, {2: "loss"}, "optim.max_steps=2",
+                                        "checkpointing.every_n_steps=2", "scaling.use_gpu=true",
+                                        "deepspeed.enabled=true", "deepspeed.offload_optimizer=false",
+                                        snapshot=engine_state)
+    recipe.loop.run()
+    assert len(snapshots) == 3 and recipe.loop.progress.step == 2 and recipe.engine.module.skipped_steps == 1
+    assert not torch.equal(snapshots[0]["partitions"][0], snapshots[1]["partitions"][0])  # step 1 moved them
+    assert_same_state(snapshots[1], snapshots[2])  # the poisoned step (2nd micro-batch) changed nothing
+    metrics = recipe.loop.logger.metrics
+    assert metrics[SKIPPED_STEPS] == [(1, 0.0), (2, 1.0)]
+    assert metrics[f"{SKIPPED_STEPS}/nonfinite_loss"] == [(2, 1.0)]
+    assert all(math.isfinite(v) for _, v in metrics["loss"] + metrics["grad_norm"])
+    checkpoint = list_checkpoints(recipe.cfg.run_dir)[2]
+    for module in ("unet_main", "brushnet"):
+        state = load_file(checkpoint / "weights" / module / "diffusion_pytorch_model.safetensors")
+        assert all(torch.isfinite(t).all() for t in state.values())
