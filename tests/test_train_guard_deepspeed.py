@@ -3,7 +3,7 @@ through DeepSpeed's own overflow path, so weights, the optimiser's fp32 partitio
 the loss scale stay bitwise as they were, the accumulated gradients are dropped, and the run continues exactly as
 one that never saw the poisoned micro-batches; N skips in a row stop it.
 
-DeepSpeed runs on the CPU here: one rank in a gloo process group, fp32, torch's AdamW (``torch_adam``) and no
+DeepSpeed runs on the CPU here: one rank in a gloo process group, fp32 or bf16, torch's AdamW (``torch_adam``) and no
 shared-memory all-reduce kernel: DeepSpeed compiles its fused/CPU Adam and that CPU-only kernel on first use, which
 a test should not wait for, and the guard touches neither. A tiny MLP stands in for a recipe's model: the skip
 logic is the engine's, not the model's.
@@ -74,11 +74,11 @@ class Judge:
         return reason
 
 
-def make_engine(tmp_path: Path, zero_stage: int):
+def make_engine(tmp_path: Path, zero_stage: int, precision: str):
     cfg = load_train_config(DEMO, [
         f"output_dir={tmp_path}", f"model.weights_root={tmp_path / 'w'}", "scaling.use_gpu=true",
-        "deepspeed.enabled=true", f"deepspeed.zero_stage={zero_stage}", "deepspeed.offload_optimizer=false",
-        f"optim.grad_accum={GRAD_ACCUM}", "optim.lr=1e-2", "optim.warmup_steps=0", "optim.max_grad_norm=1.0",
+        f"precision={precision}", "deepspeed.enabled=true", f"deepspeed.zero_stage={zero_stage}",
+        "deepspeed.offload_optimizer=false", f"optim.grad_accum={GRAD_ACCUM}", "optim.lr=1e-2", "optim.warmup_steps=0", "optim.max_grad_norm=1.0",
     ])
     model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))
     with torch.no_grad():  # the same start weights for every run, whatever ran before
@@ -97,10 +97,10 @@ def micro_step(engine, judge: Judge, index: int, poison: str | None = None) -> f
     this step) or ``grad`` (a finite loss whose gradients are NaN, through a hook on the model's output)."""
 
     def loss_fn() -> torch.Tensor:
-        out = engine.module(batch(index))
+        out = engine.module(batch(index).to(engine.input_dtype))
         if poison == "grad":
             out.register_hook(lambda grad: grad * math.nan)
-        loss = out.pow(2).mean()
+        loss = out.float().pow(2).mean()
         if poison == "loss":
             loss = loss + math.nan
         judge.losses.append(loss.detach())
@@ -146,17 +146,17 @@ def assert_same_state(a: dict, b: dict) -> None:
     assert (a["schedule"], a["lr"], a["loss_scale"]) == (b["schedule"], b["lr"], b["loss_scale"])
 
 
-@pytest.mark.parametrize("zero_stage", [2, 3])
+@pytest.mark.parametrize(("zero_stage", "precision"), [(2, "fp32"), (3, "fp32"), (2, "bf16")])
 def test_deepspeed_skips_nonfinite_steps_leaves_state_bitwise_and_matches_a_clean_run(
-        gloo_group, torch_adam, tmp_path, zero_stage):
-    clean = make_engine(tmp_path / "clean", zero_stage)
+        gloo_group, torch_adam, tmp_path, zero_stage, precision):
+    clean = make_engine(tmp_path / "clean", zero_stage, precision)
     clean_judge = Judge(StepGuard(GuardSettings()))
     clean_states = []
     for first in (0, 4, 8):  # the poisoned run's steps that are taken, on the same micro-batches
         assert math.isfinite(window(clean, clean_judge, first))
         clean_states.append(engine_state(clean))
 
-    engine = make_engine(tmp_path / "poisoned", zero_stage)
+    engine = make_engine(tmp_path / "poisoned", zero_stage, precision)
     guard = StepGuard(GuardSettings(max_consecutive_skips=2))
     judge = Judge(guard)
     assert math.isfinite(window(engine, judge, 0))
