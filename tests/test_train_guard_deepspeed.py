@@ -78,7 +78,8 @@ def make_engine(tmp_path: Path, zero_stage: int, precision: str):
     cfg = load_train_config(DEMO, [
         f"output_dir={tmp_path}", f"model.weights_root={tmp_path / 'w'}", "scaling.use_gpu=true",
         f"precision={precision}", "deepspeed.enabled=true", f"deepspeed.zero_stage={zero_stage}",
-        "deepspeed.offload_optimizer=false", f"optim.grad_accum={GRAD_ACCUM}", "optim.lr=1e-2", "optim.warmup_steps=0", "optim.max_grad_norm=1.0",
+        "deepspeed.offload_optimizer=false", f"optim.grad_accum={GRAD_ACCUM}", "optim.lr=1e-2",
+        "optim.warmup_steps=0", "optim.max_grad_norm=1.0",
     ])
     model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))
     with torch.no_grad():  # the same start weights for every run, whatever ran before
