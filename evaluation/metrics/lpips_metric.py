@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torchvision import models
 
-from evaluation.metrics.inputs import VideoLike, mean_over_scored_frames
+from evaluation.metrics.inputs import VideoLike, mean_over_scored_frames, true_span
 from evaluation.metrics.pixel import DEFAULT_BOUNDARY_PX, prepare_inputs
 from evaluation.metrics.region_masks import Region
 
@@ -174,12 +174,6 @@ def _trunk_geometry(net: lpips.LPIPS) -> list[_LayerGeometry]:
     return geometry
 
 
-def _span(flags: Tensor) -> tuple[int, int] | None:
-    """First and one-past-last index where ``flags`` (1-D bool) is true, or None."""
-    found = flags.nonzero()
-    return None if found.numel() == 0 else (int(found[0]), int(found[-1]) + 1)
-
-
 def _bilinear_rows(layer: _LayerGeometry, full: int, first: int, last: int, crop_offset: int, crop_size: int,
                    like: Tensor) -> Tensor:
     """``(last-first, crop_size)`` weights that upsample a crop's feature rows to output rows ``first..last-1``
@@ -208,7 +202,7 @@ def _reached_rows(geometry: list[_LayerGeometry], full: int, first: int, last: i
         high = min(features - 1, (last - 1 - layer.start) // layer.jump)
         source = ((rows + 0.5) * (features / full) - 0.5).clamp(min=0).floor()
         reached |= (source >= low - 1) & (source <= high)
-    return _span(reached) or (0, 0)
+    return true_span(reached) or (0, 0)
 
 
 def _slice_input_span(layers: tuple[tuple[int, int, int], ...], size: int, span: tuple[int, int]) -> tuple[int, int]:
@@ -284,8 +278,9 @@ def _scored_map_sums(net: lpips.LPIPS, geometry: list[_LayerGeometry], pred: Ten
     n, _, h, w = pred.shape
     spans = []
     for axis, full in ((1, h), (2, w)):
-        scored_span = _span(scored.amax(dim=(0, 3 - axis)) > 0)
-        differing = _span(differs.amax(dim=(0, 3 - axis)))
+        # Per frame first, then over the chunk: reducing (frames, rows) at once is ~10x slower on CPU.
+        scored_span = true_span(scored.amax(dim=3 - axis).amax(dim=0) > 0)
+        differing = true_span(differs.amax(dim=3 - axis).amax(dim=0))
         if scored_span is None or differing is None:
             return scored.new_zeros(n)
         reached = _reached_rows(geometry, full, *differing)
