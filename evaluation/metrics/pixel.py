@@ -71,13 +71,26 @@ def masked_psnr(
     ``PSNR = 10·log10(data_range² / MSE)``; identical frames give ``inf``, a clip with no scored frame NaN.
     """
     pred, target, scored = prepare_inputs(pred, target, mask, region, boundary_px)
+    box = scored_box(scored)
+    if box is not None:  # only the box holding every frame's scored pixels is read: the others add nothing
+        (top, bottom), (left, right) = box
+        pred, target, scored = (x[..., top:bottom, left:right] for x in (pred, target, scored))
     channels = pred.shape[2]
-    # Masking before squaring (the mask is 0/1) saves a full-size temporary.
-    squared_error = (pred - target).mul_(scored).square_().sum(dim=(2, 3, 4))
+    # Masking before squaring (the mask is 0/1) saves a temporary; the sum of squares is one dot product per frame.
+    masked_error = (pred - target).mul_(scored).flatten(2)
+    squared_error = torch.linalg.vecdot(masked_error, masked_error)
     pixels = scored.sum(dim=(2, 3, 4))
     mse = squared_error / (pixels * channels)
     psnr = 10.0 * torch.log10(data_range**2 / mse)
     return mean_over_scored_frames(psnr, pixels > 0)
+
+
+def scored_box(scored: Tensor) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """``(top, bottom), (left, right)`` of the box holding the scored pixels of all ``(..., H, W)`` masks together,
+    or None when none is scored. Reduced per frame first: reducing (frames, rows) at once is ~10x slower on CPU."""
+    rows = true_span(scored.amax(dim=-1).flatten(0, -2).amax(dim=0) > 0)
+    cols = true_span(scored.amax(dim=-2).flatten(0, -2).amax(dim=0) > 0)
+    return None if rows is None else (rows, cols)
 
 
 def _gaussian_taps() -> list[float]:
@@ -167,16 +180,15 @@ def masked_ssim(
     crop = SSIM_WINDOW // 2
     scored = scored.reshape(b * f, h, w)[:, crop : h - crop, crop : w - crop]
     pred, target = pred.reshape(b * f, c, h, w), target.reshape(b * f, c, h, w)
-    rows, cols = scored.amax(dim=2), scored.amax(dim=1)  # per frame: which map rows / columns hold scored pixels
     sums = []
     for start in range(0, b * f, frame_chunk):
         chunk = slice(start, start + frame_chunk)
         # Only the box spanning the chunk's scored map pixels is filtered (plus the window's reach in the frame).
-        row_span, col_span = true_span(rows[chunk].amax(dim=0) > 0), true_span(cols[chunk].amax(dim=0) > 0)
-        if row_span is None:
+        box = scored_box(scored[chunk])
+        if box is None:
             sums.append(scored.new_zeros(scored[chunk].shape[0]))
             continue
-        (top, bottom), (left, right) = row_span, col_span
+        (top, bottom), (left, right) = box
         window = (chunk, slice(None), slice(top, bottom + 2 * crop), slice(left, right + 2 * crop))
         ssim_map = _ssim_map(pred[window], target[window], data_range)
         sums.append((ssim_map * scored[chunk, top:bottom, left:right]).sum(dim=(1, 2)))
