@@ -127,7 +127,9 @@ def masked_lpips(
     scored = scored.reshape(b * f, h, w).float()
     pixels = scored.sum(dim=(1, 2))
     frames = (pixels > 0).nonzero().squeeze(1)  # frames with nothing to score never reach the network
-    pred, target = pred.reshape(b * f, c, h, w)[frames].float(), target.reshape(b * f, c, h, w)[frames].float()
+    pred, target = pred.reshape(b * f, c, h, w).float(), target.reshape(b * f, c, h, w).float()
+    if len(frames) < b * f:  # copies whole frames: only when some are left out
+        pred, target = pred[frames], target[frames]
     differs = (pred != target).any(dim=1)
     geometry = _trunk_geometry(net)
     sums = torch.zeros_like(pixels)
