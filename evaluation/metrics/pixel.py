@@ -110,6 +110,11 @@ def _gaussian_filter_valid(images: Tensor) -> Tensor:
     taps = _gaussian_taps()
     if images.device.type == "cpu":
         return _gaussian_filter_valid_opencv(images, taps)
+    return _gaussian_filter_valid_torch(images, taps)
+
+
+def _gaussian_filter_valid_torch(images: Tensor, taps: list[float]) -> Tensor:
+    """:func:`_gaussian_filter_valid` on any device: 11 shifted slices per axis, multiply-added."""
     for dim in (-1, -2):
         size = images.shape[dim] - SSIM_WINDOW + 1
         filtered = images.narrow(dim, 0, size) * taps[0]
