@@ -296,7 +296,7 @@ def step_metrics(table: Table, sizes: Sizes, device: torch.device) -> None:
     from bench_metrics import _inputs
     from evaluation.metrics import get_lpips, masked_lpips, masked_psnr, masked_ssim
 
-    target, pred, hole = _inputs(sizes.metrics_frames, sizes.metrics_pixels, device)
+    target, pred, hole = _inputs(sizes.metrics_frames, sizes.metrics_pixels, 0.5, device)  # a quarter's hole
     net = get_lpips("alex", allow_random_backbone=True).to(device)  # throughput does not depend on the trunk
     with torch.no_grad():
         masked_lpips(pred, target, hole, net)

@@ -125,6 +125,24 @@ def test_masked_ssim_is_the_skimage_map_averaged_over_the_mask(noisy_pair):
         assert ours[b].item() == pytest.approx(np.mean(values), abs=1e-6)
 
 
+def test_both_ssim_gaussian_filters_equal_scipys_on_the_valid_positions():
+    """The GPU (torch slices) and CPU (OpenCV) filters of the SSIM statistics against scipy's gaussian_filter, which
+    skimage's SSIM uses, on the positions where the 11-tap window fits."""
+    from scipy.ndimage import gaussian_filter
+
+    from evaluation.metrics.pixel import (
+        _gaussian_filter_valid_opencv,
+        _gaussian_filter_valid_torch,
+        _gaussian_taps,
+    )
+
+    images = torch.rand(2, 3, 23, 31, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    reference = gaussian_filter(images.numpy(), sigma=(0, 0, 1.5, 1.5), truncate=3.5)[..., 5:-5, 5:-5]
+    for filtered in (_gaussian_filter_valid_torch(images, _gaussian_taps()),
+                     _gaussian_filter_valid_opencv(images, _gaussian_taps())):
+        np.testing.assert_allclose(filtered.numpy(), reference, rtol=0, atol=1e-12)
+
+
 def test_boundary_region_and_whole_frame():
     target = torch.zeros(1, 1, 3, 9, 9)
     pred = target.clone()

@@ -180,17 +180,22 @@ def test_vlm_scorer_is_off_by_default_and_validated():
 
 @pytest.mark.parametrize("net_name", ["alex", "vgg"])
 @pytest.mark.parametrize("region", ["hole", "frame"])
-def test_cropped_lpips_equals_the_packages_whole_frame_map(net_name, region):
-    """LPIPS runs only on the hole's box plus the receptive field; the package's spatial map on the whole frame,
-    averaged over the same pixels, is the independent reference (odd sizes, holes near the edge, two frames)."""
+@pytest.mark.parametrize(("size", "boxes"), [
+    ((97, 203), [(40, 70, 150, 190), (3, 20, 0, 30)]),  # odd sizes, holes near the edges, a union box per chunk
+    ((260, 270), [(150, 170, 160, 185)]),  # a small hole far from the top-left: crops start inside the frame
+], ids=["edge_holes", "central_hole"])
+def test_cropped_lpips_equals_the_packages_whole_frame_map(net_name, region, size, boxes):
+    """LPIPS runs only on the hole's box plus the receptive field, each layer only where it is read; the package's
+    spatial map on the whole frame, averaged over the same pixels, is the independent reference."""
     from evaluation.metrics import get_lpips, masked_lpips
 
     net = get_lpips(net_name, allow_random_backbone=True)
     generator = torch.Generator().manual_seed(0)
-    target = torch.rand(1, 2, 3, 97, 203, generator=generator)
-    hole = torch.zeros(1, 2, 1, 97, 203)
-    hole[0, 0, :, 40:70, 150:190] = 1
-    hole[0, 1, :, 3:20, 0:30] = 1
+    frames = len(boxes)
+    target = torch.rand(1, frames, 3, *size, generator=generator)
+    hole = torch.zeros(1, frames, 1, *size)
+    for frame, (top, bottom, left, right) in enumerate(boxes):
+        hole[0, frame, :, top:bottom, left:right] = 1
     composite = torch.where(hole > 0, torch.rand(target.shape, generator=generator), target)
     spatial = net.spatial
     net.spatial = True

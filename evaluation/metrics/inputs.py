@@ -14,7 +14,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["VideoLike", "mean_over_scored_frames", "seeded_random_network", "to_mask_tensor", "to_video_tensor"]
+__all__ = [
+    "VideoLike",
+    "mean_over_scored_frames",
+    "seeded_random_network",
+    "to_mask_tensor",
+    "to_video_tensor",
+    "true_span",
+]
 
 VideoLike = Tensor | np.ndarray
 
@@ -77,6 +84,12 @@ def mean_over_scored_frames(per_frame: Tensor, scored: Tensor) -> Tensor:
     """
     total = torch.where(scored, per_frame, torch.zeros_like(per_frame)).sum(dim=1)
     return total / scored.sum(dim=1)
+
+
+def true_span(flags: Tensor) -> tuple[int, int] | None:
+    """First and one-past-last index where ``flags`` (1-D bool) is true, or None: a mask's box along one axis."""
+    found = flags.nonzero()
+    return None if found.numel() == 0 else (int(found[0]), int(found[-1]) + 1)
 
 
 Network = TypeVar("Network", bound=torch.nn.Module)

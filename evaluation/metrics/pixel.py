@@ -7,12 +7,19 @@ that published video-inpainting tables report.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 from torch import Tensor
 
-from evaluation.metrics.inputs import VideoLike, mean_over_scored_frames, to_mask_tensor, to_video_tensor
+from evaluation.metrics.inputs import (
+    VideoLike,
+    mean_over_scored_frames,
+    to_mask_tensor,
+    to_video_tensor,
+    true_span,
+)
 from evaluation.metrics.region_masks import Region, select_region
 
 __all__ = [
@@ -64,13 +71,26 @@ def masked_psnr(
     ``PSNR = 10·log10(data_range² / MSE)``; identical frames give ``inf``, a clip with no scored frame NaN.
     """
     pred, target, scored = prepare_inputs(pred, target, mask, region, boundary_px)
+    box = scored_box(scored)
+    if box is not None:  # only the box holding every frame's scored pixels is read: the others add nothing
+        (top, bottom), (left, right) = box
+        pred, target, scored = (x[..., top:bottom, left:right] for x in (pred, target, scored))
     channels = pred.shape[2]
-    # Masking before squaring (the mask is 0/1) saves a full-size temporary.
-    squared_error = (pred - target).mul_(scored).square_().sum(dim=(2, 3, 4))
+    # Masking before squaring (the mask is 0/1) saves a temporary; the sum of squares is one dot product per frame.
+    masked_error = (pred - target).mul_(scored).flatten(2)
+    squared_error = torch.linalg.vecdot(masked_error, masked_error)
     pixels = scored.sum(dim=(2, 3, 4))
     mse = squared_error / (pixels * channels)
     psnr = 10.0 * torch.log10(data_range**2 / mse)
     return mean_over_scored_frames(psnr, pixels > 0)
+
+
+def scored_box(scored: Tensor) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """``(top, bottom), (left, right)`` of the box holding the scored pixels of all ``(..., H, W)`` masks together,
+    or None when none is scored. Reduced per frame first: reducing (frames, rows) at once is ~10x slower on CPU."""
+    rows = true_span(scored.amax(dim=-1).flatten(0, -2).amax(dim=0) > 0)
+    cols = true_span(scored.amax(dim=-2).flatten(0, -2).amax(dim=0) > 0)
+    return None if rows is None else (rows, cols)
 
 
 def _gaussian_taps() -> list[float]:
@@ -83,10 +103,18 @@ def _gaussian_taps() -> list[float]:
 def _gaussian_filter_valid(images: Tensor) -> Tensor:
     """Separable Gaussian over the last two dims, "valid" positions only: ``(..., H, W)`` → ``(..., H-10, W-10)``.
 
-    A sum of 11 shifted slices per axis: plain fp32 multiply-adds, ~10x faster than a single-channel ``conv2d``
-    on CPU, and never routed through TF32 convolutions on GPU (which would cost SSIM its 1e-4 agreement).
+    On CPU, OpenCV's separable filter per plane (SIMD, ~4x the torch loop below); elsewhere a sum of 11 shifted
+    slices per axis: plain multiply-adds, ~10x faster than a single-channel ``conv2d`` and never routed through
+    TF32 convolutions on GPU (which would cost SSIM its 1e-4 agreement). Both keep the input's dtype.
     """
     taps = _gaussian_taps()
+    if images.device.type == "cpu":
+        return _gaussian_filter_valid_opencv(images, taps)
+    return _gaussian_filter_valid_torch(images, taps)
+
+
+def _gaussian_filter_valid_torch(images: Tensor, taps: list[float]) -> Tensor:
+    """:func:`_gaussian_filter_valid` on any device: 11 shifted slices per axis, multiply-added."""
     for dim in (-1, -2):
         size = images.shape[dim] - SSIM_WINDOW + 1
         filtered = images.narrow(dim, 0, size) * taps[0]
@@ -96,6 +124,17 @@ def _gaussian_filter_valid(images: Tensor) -> Tensor:
     return images
 
 
+def _gaussian_filter_valid_opencv(images: Tensor, taps: list[float]) -> Tensor:
+    """:func:`_gaussian_filter_valid` of a CPU tensor with ``cv2.sepFilter2D``, plane by plane, in place of a copy."""
+    planes = images.contiguous().numpy().reshape(-1, *images.shape[-2:])
+    kernel = np.asarray(taps, dtype=planes.dtype)
+    filtered = np.empty_like(planes)
+    for plane, out in zip(planes, filtered):
+        cv2.sepFilter2D(plane, -1, kernel, kernel, dst=out, borderType=cv2.BORDER_CONSTANT)
+    crop = SSIM_WINDOW // 2  # the border rows and columns, where the window does not fit, are dropped
+    return torch.from_numpy(filtered).reshape(images.shape)[..., crop:-crop, crop:-crop]
+
+
 def _ssim_map(pred: Tensor, target: Tensor, data_range: float) -> Tensor:
     """SSIM map of ``(N,C,H,W)`` frames → ``(N, H-10, W-10)``, channel mean, only where the window fits.
 
@@ -103,13 +142,22 @@ def _ssim_map(pred: Tensor, target: Tensor, data_range: float) -> Tensor:
     each side before averaging, so the padding mode never matters.
     """
     # One filtering pass over the five local statistics of every channel of every frame.
-    stats = torch.stack([pred, target, pred * pred, target * target, pred * target])
+    stats = torch.empty((5, *pred.shape), dtype=pred.dtype, device=pred.device)
+    stats[0], stats[1] = pred, target
+    torch.mul(pred, pred, out=stats[2])
+    torch.mul(target, target, out=stats[3])
+    torch.mul(pred, target, out=stats[4])
     mu_x, mu_y, xx, yy, xy = _gaussian_filter_valid(stats)
-    var_x, var_y, cov_xy = xx - mu_x * mu_x, yy - mu_y * mu_y, xy - mu_x * mu_y
     c1, c2 = (_SSIM_K1 * data_range) ** 2, (_SSIM_K2 * data_range) ** 2
-    numerator = (2 * mu_x * mu_y + c1) * (2 * cov_xy + c2)
-    denominator = (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)
-    return (numerator / denominator).mean(dim=1)
+    # skimage's (2·μxμy + C1)(2·σxy + C2) / ((μx² + μy² + C1)(σx² + σy² + C2)), same operation order, in place.
+    mu_xy = mu_x * mu_y
+    mu_x.square_()
+    mu_y.square_()
+    covariance_term = xy.sub_(mu_xy).mul_(2).add_(c2)
+    luminance_term = mu_xy.mul_(2).add_(c1)
+    variance_term = xx.sub_(mu_x).add_(yy.sub_(mu_y)).add_(c2)
+    norm_term = mu_x.add_(mu_y).add_(c1)
+    return luminance_term.mul_(covariance_term).div_(norm_term.mul_(variance_term)).mean(dim=1)
 
 
 def masked_ssim(
@@ -141,12 +189,11 @@ def masked_ssim(
     for start in range(0, b * f, frame_chunk):
         chunk = slice(start, start + frame_chunk)
         # Only the box spanning the chunk's scored map pixels is filtered (plus the window's reach in the frame).
-        rows = scored[chunk].amax(dim=(0, 2)).nonzero()
-        cols = scored[chunk].amax(dim=(0, 1)).nonzero()
-        if rows.numel() == 0:
+        box = scored_box(scored[chunk])
+        if box is None:
             sums.append(scored.new_zeros(scored[chunk].shape[0]))
             continue
-        top, bottom, left, right = rows[0].item(), rows[-1].item() + 1, cols[0].item(), cols[-1].item() + 1
+        (top, bottom), (left, right) = box
         window = (chunk, slice(None), slice(top, bottom + 2 * crop), slice(left, right + 2 * crop))
         ssim_map = _ssim_map(pred[window], target[window], data_range)
         sums.append((ssim_map * scored[chunk, top:bottom, left:right]).sum(dim=(1, 2)))
