@@ -26,7 +26,11 @@ def ray_local():
             num_gpus=2,
             object_store_memory=300 * 1024**2,
             include_dashboard=False,
-            runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}},
+            # Workers unpickle functions defined in test modules by module name: tests/ must be importable there.
+            runtime_env={"env_vars": {
+                "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0",
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])),
+            }},
         )
     yield ray
     ray.shutdown()
