@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_stage3_recipe import preference_clip
+from test_stage3_recipe import shards, weights_root  # noqa: F401 (the tiny shards and weights fixtures)
 
 from evaluation.checkpoints import EVAL_DIR, RECORD_FILE, CheckpointEvaluator, plan_checkpoint_evaluation
 from evaluation.config import EvaluateConfig
 from evaluation.job import evaluate
 from vipo.config import ConfigError, validate_config
-from vipo.data import SAMPLE_DATA_ROOT, Manifest, Provenance, ShardWriter, encode_clip
-from vipo.models.tiny import write_tiny_weights
+from vipo.data import SAMPLE_DATA_ROOT
 from vipo.train.config import load_train_config
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "stage3_dpo_demo.yaml"
@@ -24,24 +23,6 @@ METRICS = ["psnr", "ssim", "psnr_hole", "ssim_hole"]
 BENCHMARK = {"name": "tiny", "source": {"kind": "davis", "root": str(SAMPLE_DATA_ROOT), "split": "train"},
              "masks": {"kind": "random", "seed": 0}, "max_videos": 1, "num_frames": 4, "height": 32, "width": 32}
 METHOD = {"kind": "diffueraser+lora", "num_inference_steps": 1, "actors": {"num_gpus": 0}}
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("eval_shards")
-    manifest = Manifest(folder)
-    with ShardWriter(folder / "shard-00000.parquet") as writer:
-        writer.write_rows([encode_clip(preference_clip(i), Provenance("test", "0", "none")) for i in range(2)])
-    manifest.add_shard(writer.info)
-    manifest.save()
-    return folder
-
-
-@pytest.fixture(scope="module")
-def weights_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("eval_weights")
-    write_tiny_weights(root, seed=0)
-    return root
 
 
 def demo_config(weights_root: Path, shards: Path, output_dir: Path, *overrides: str):
