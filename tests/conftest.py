@@ -18,14 +18,23 @@ def ray_local():
     """A local Ray with 4 logical CPUs and 2 *logical* GPUs (for the GPU-actor scheduling path; no CUDA)."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(
-            num_cpus=4,
-            num_gpus=2,
-            object_store_memory=300 * 1024**2,
-            include_dashboard=False,
-            runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}},
-        )
+    attempts = 3
+    for attempt in range(attempts):
+        if ray.is_initialized():
+            break
+        try:
+            ray.init(
+                num_cpus=4,
+                num_gpus=2,
+                object_store_memory=300 * 1024**2,
+                include_dashboard=False,
+                runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}},
+            )
+        except Exception as err:
+            # Ray gives a new node a fixed 30 s to register; on a busy 2-core machine its agent can miss that.
+            if "timed out during startup" not in str(err) or attempt == attempts - 1:
+                raise
+            ray.shutdown()
     yield ray
     ray.shutdown()
 

@@ -72,7 +72,8 @@ def test_every_kind_through_the_real_pipelines(tmp_path, tiny_weights):
     raw = {n["kind"]: n for n in row["negatives"] if not n["composited"]}
     assert set(raw) == {"blur", "hallucination", "flicker", "diffueraser"}
     blur = decode_frames(raw["blur"]["frames"], "blur", (SIZE, SIZE))
-    propainter = ProPainterPipeline.from_random(seed=0, raft_iterations=2, progress=False)
+    # Generation runs ProPainter as DiffuEraser's prior (upstream's prior knobs), the blur negative included.
+    propainter = ProPainterPipeline.from_random(seed=0, raft_iterations=2, progress=False, preset="diffueraser_prior")
     np.testing.assert_array_equal(blur, propainter(frames, hole))
     # The on-policy loser is DiffuEraser with that ProPainter output as its prior and the candidate's seed.
     diffueraser = DiffuEraserPipeline.from_weights(tiny_weights)

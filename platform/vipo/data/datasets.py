@@ -122,6 +122,19 @@ class _TwoStepDataset(torch.utils.data.Dataset, abc.ABC):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _index_videos(self, config: Any, videos: Sequence[Video] | None, min_frames: int, what: str) -> None:
+        """Keep ``config`` (its ``strict``/``seed``) and index the videos (``config.sources`` scanned unless
+        given) that have at least ``min_frames`` frames; none → :class:`DataError` with the skip summary."""
+        self.config = config
+        self.strict = config.strict
+        self.seed = config.seed
+        if videos is None:
+            videos = scan_sources(config.sources, self.skips, config.strict)
+        self.index = build_clip_index(videos, min_frames, self.skips, config.strict)
+        if not self.index:
+            raise DataError(f"{type(self).__name__}: no {what} with at least {min_frames} frames; "
+                            f"skipped:\n{self.skips.summary()}")
+
     @abc.abstractmethod
     def __len__(self) -> int: ...
 
@@ -208,15 +221,7 @@ class FinetuneDataset(_TwoStepDataset):
 
     def __init__(self, config: FinetuneDataConfig, tokenizer: Tokenizer, videos: Sequence[Video] | None = None):
         super().__init__()
-        self.config = config
-        self.strict = config.strict
-        self.seed = config.seed
-        if videos is None:
-            videos = scan_sources(config.sources, self.skips, config.strict)
-        self.index = build_clip_index(videos, config.clip.nframes, self.skips, config.strict)
-        if not self.index:
-            raise DataError(f"FinetuneDataset: no video with at least {config.clip.nframes} frames; "
-                            f"skipped:\n{self.skips.summary()}")
+        self._index_videos(config, videos, config.clip.nframes, "video")
         self.input_ids = tokenize_prompt(tokenizer, config.prompt)
         self.empty_ids = tokenize_prompt(tokenizer, "")
 
@@ -436,14 +441,7 @@ class VaeClipDataset(_TwoStepDataset):
 
     def __init__(self, config: VaeDataConfig, videos: Sequence[Video] | None = None):
         super().__init__()
-        self.config = config
-        self.strict = config.strict
-        self.seed = config.seed
-        if videos is None:
-            videos = scan_sources(config.sources, self.skips, config.strict)
-        self.index = build_clip_index(videos, 5, self.skips, config.strict)
-        if not self.index:
-            raise DataError(f"VaeClipDataset: no room with at least 5 frames; skipped:\n{self.skips.summary()}")
+        self._index_videos(config, videos, 5, "room")
 
     def __len__(self) -> int:
         return len(self.index)

@@ -23,10 +23,10 @@ from pydantic import Field, PositiveInt, model_validator
 from vipo.config import Config, ExistingPath
 from vipo.data.datasets import _hole_planes, _pixels, _tensor, _TwoStepDataset
 from vipo.data.decode import sample_rng
-from vipo.data.errors import BadSample, DataError
+from vipo.data.errors import BadSample
 from vipo.data.flow_store import FlowStore
-from vipo.data.sampling import build_clip_index, resize_frames
-from vipo.data.sources import SourceConfig, Video, scan_sources
+from vipo.data.sampling import resize_frames
+from vipo.data.sources import SourceConfig, Video
 from vipo.masks import MovingMaskConfig, load_mask_sequence, random_moving_masks
 
 __all__ = ["ProPainterDataConfig", "ProPainterDataset", "flip_clip", "reverse_local_clip"]
@@ -86,16 +86,7 @@ class ProPainterDataset(_TwoStepDataset):
 
     def __init__(self, config: ProPainterDataConfig, videos: Sequence[Video] | None = None):
         super().__init__()
-        self.config = config
-        self.strict = config.strict
-        self.seed = config.seed
-        if videos is None:
-            videos = scan_sources(config.sources, self.skips, config.strict)
-        needed = config.num_local_frames + max(config.num_ref_frames, 0)
-        self.index = build_clip_index(videos, needed, self.skips, config.strict)
-        if not self.index:
-            raise DataError(f"ProPainterDataset: no video with at least {needed} frames; "
-                            f"skipped:\n{self.skips.summary()}")
+        self._index_videos(config, videos, config.num_local_frames + max(config.num_ref_frames, 0), "video")
         self.flows = FlowStore(config.flows_root, config.size) if config.flows_root else None
 
     def __len__(self) -> int:
