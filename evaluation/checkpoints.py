@@ -161,6 +161,8 @@ class CheckpointEvaluator:
         self.failed: dict[int, str] = {}
         self.outstanding: set[int] = set()
         self._changed = threading.Condition()
+        # diffusers builds models under accelerate's process-wide meta-device patch: one export at a time.
+        self._exporting = threading.Lock()
         self._exports: queue.Queue = queue.Queue()
         threading.Thread(target=self._score_exports, name="checkpoint-evaluation", daemon=True).start()
         self.sweep()
@@ -182,7 +184,8 @@ class CheckpointEvaluator:
         run_id = read_run_id(checkpoint) or read_run_id(self.plan.run_dir)  # the run that wrote the checkpoint
         try:
             _wait_complete(Path(checkpoint))
-            folder = export(self.plan.run_dir, step, out_dir=self.plan.folder / "exports" / f"step_{step:08d}")
+            with self._exporting:
+                folder = export(self.plan.run_dir, step, out_dir=self.plan.folder / "exports" / f"step_{step:08d}")
         except Exception as err:  # a failed evaluation never stops the training
             self._fail(step, run_id, f"export failed: {type(err).__name__}: {err}")
             return

@@ -99,8 +99,8 @@ def test_checkpoints_are_evaluated_beside_training_logged_at_their_steps_and_not
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = {
         "recipe": "stage3", "name": "auto-eval", "output_dir": str(tmp_path / "train"), "seed": 0,
-        "scaling": {"num_workers": 1}, "optim": {"lr": 1e-3, "max_steps": 4},
-        "checkpointing": {"every_n_steps": 2, "keep_last_k": 5}, "export_on_finish": False,
+        "scaling": {"num_workers": 1}, "optim": {"lr": 1e-3, "max_steps": 2},
+        "checkpointing": {"every_n_steps": 1, "keep_last_k": 5}, "export_on_finish": False,
         "model": {"weights_root": str(weights_root)}, "data": {"shards": str(shards)},
         "tuning": {"lora": {"rank": 4, "alpha": 8}},
         "tracking": {"tracking_uri": tracking_uri, "experiment": "auto-eval", "system_metrics": False},
@@ -109,7 +109,7 @@ def test_checkpoints_are_evaluated_beside_training_logged_at_their_steps_and_not
     config_file = tmp_path / "stage3.yaml"
     config_file.write_text(yaml.safe_dump(config))
     train.run(config_file, [])
-    train.run(config_file, ["optim.max_steps=6"])  # resumes at step 4: only step 6 is new
+    train.run(config_file, ["optim.max_steps=3"])  # resumes at step 2: only step 3 is new
 
     run_dir = tmp_path / "train" / "auto-eval"
     client = MlflowClient(tracking_uri)
@@ -119,12 +119,12 @@ def test_checkpoints_are_evaluated_beside_training_logged_at_their_steps_and_not
               for metric in METRICS}
     for metric in METRICS:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, f"eval/{metric}")]
-        assert sorted(steps) == [2, 4, 6], f"eval/{metric} logged at {steps}"  # once each, the resume added 6 only
+        assert sorted(steps) == [1, 2, 3], f"eval/{metric} logged at {steps}"  # once each, the resume added 3 only
     record = json.loads((run_dir / EVAL_DIR / RECORD_FILE).read_text())
-    assert sorted(map(int, record)) == [2, 4, 6]
+    assert sorted(map(int, record)) == [1, 2, 3]
 
     # An independent evaluation of the same exports (its own output folder: nothing shared but the files).
-    exports = {step: Path(record[str(step)]["export"]) for step in (2, 4, 6)}
+    exports = {step: Path(record[str(step)]["export"]) for step in (1, 2, 3)}
     assert all(folder.parent == run_dir / EVAL_DIR / "exports" for folder in exports.values())
     independent = evaluate(validate_config(EvaluateConfig, {
         "output_dir": str(tmp_path / "independent"), "benchmark": BENCHMARK, "scoring": {"metrics": METRICS},
@@ -137,4 +137,4 @@ def test_checkpoints_are_evaluated_beside_training_logged_at_their_steps_and_not
         for metric, value in result.means(METRICS).items():
             assert logged[metric][step] == pytest.approx(value, rel=1e-9, abs=1e-12), (step, metric)
     # Different checkpoints, different scores: the numbers are not the base model's three times.
-    assert len({logged["psnr_hole"][step] for step in (2, 4, 6)}) == 3
+    assert len({logged["psnr_hole"][step] for step in (1, 2, 3)}) == 3
