@@ -204,3 +204,37 @@ def test_disabled_tracking_and_other_ranks_log_in_memory(tmp_path):
         logger.log_metrics({"loss": 1.0}, 0)
         assert logger.metrics == {"loss": [(0, 1.0)]}
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_local_ray_start_is_retried_only_when_the_node_misses_its_start_up_window(monkeypatch):
+    from vipo.tracking.ray_session import start_local_ray
+
+    calls = []
+
+    def init(**kwargs):
+        calls.append(("init", kwargs))
+        if sum(name == "init" for name, _ in calls) < 3:
+            raise Exception("The current node timed out during startup. This could happen because ...")
+
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append(("shutdown", None)))
+    start_local_ray(num_cpus=1)
+    assert [name for name, _ in calls] == ["init", "shutdown", "init", "shutdown", "init"]
+    assert all(kwargs == {"num_cpus": 1} for name, kwargs in calls if name == "init")
+
+    calls.clear()
+    monkeypatch.setattr(ray, "init", lambda **kwargs: (_ for _ in ()).throw(ValueError("bad argument")))
+    with pytest.raises(ValueError, match="bad argument"):
+        start_local_ray(num_cpus=1)
+    assert calls == []  # any other error: no retry, no shutdown
+
+    calls.clear()
+
+    def never_starts(**kwargs):
+        calls.append(("init", kwargs))
+        raise Exception("The current node timed out during startup.")
+
+    monkeypatch.setattr(ray, "init", never_starts)
+    with pytest.raises(Exception, match="timed out during startup"):  # the last attempt's error is the caller's
+        start_local_ray(attempts=2, num_cpus=1)
+    assert [name for name, _ in calls] == ["init", "shutdown", "init"]

@@ -110,6 +110,7 @@ def test_deepspeed_config_reads_back(tmp_path, zero_stage, offload, precision, c
     assert (parsed.zero_config.offload_optimizer is not None
             and parsed.zero_config.offload_optimizer.device == "cpu") == offload
     assert parsed.bfloat16_config.enabled == (precision == "bf16")
+    assert parsed.bfloat16_config.check_grad_overflow  # the step guard's skips ride on it (DeepSpeedEngine)
     assert parsed.float16_config.enabled == (precision == "fp16")
     assert parsed.gradient_clipping == (clip or 0.0)
     assert parsed.gradient_accumulation_steps == accum

@@ -57,10 +57,16 @@ def weights_root(tmp_path_factory) -> Path:
     return root
 
 
-def poisoned_recipe(weights_root: Path, output_dir: Path, poison: dict[int, str], *overrides: str):
+def torch_engine_state(engine) -> tuple:
+    """The trainable weights, the optimiser's state and the schedule's position."""
+    return ({n: p.detach().clone() for n, p in engine.model.named_parameters() if p.requires_grad},
+            copy.deepcopy(engine.optimizer.state_dict()), engine.scheduler.last_epoch)
+
+
+def poisoned_recipe(weights_root: Path, output_dir: Path, poison: dict[int, str], *overrides: str,
+                    snapshot=torch_engine_state):
     """A stage-1 recipe whose ``n``-th loss (1-based) is made non-finite as ``poison[n]`` says: ``loss`` (a NaN
-    loss) or ``grad`` (a finite loss whose gradients are NaN). Snapshots of the trainable weights and optimiser
-    state are taken before every call."""
+    loss) or ``grad`` (a finite loss whose gradients are NaN). ``snapshot(engine)`` is taken before every call."""
     cfg = load_train_config(DEMO, [
         f"output_dir={output_dir}", f"model.weights_root={weights_root}", "model.tiny_weights_seed=null",
         "tracking.enabled=false", "validation.every_n_steps=null", "data.clip.nframes=2", "export_on_finish=false",
@@ -72,10 +78,7 @@ def poisoned_recipe(weights_root: Path, output_dir: Path, poison: dict[int, str]
 
     def compute(batch):
         engine = recipe.engine
-        snapshots.append((
-            {n: p.detach().clone() for n, p in engine.model.named_parameters() if p.requires_grad},
-            copy.deepcopy(engine.optimizer.state_dict()), engine.scheduler.last_epoch,
-        ))
+        snapshots.append(snapshot(engine))
         loss, extras = compute_loss(batch)
         kind = poison.get(len(snapshots))
         if kind == "loss":

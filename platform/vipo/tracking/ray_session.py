@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import vipo
 from vipo.config import RayConfig
 from vipo.tracking.identity import git_commit
 
-__all__ = ["init_ray", "job_env_vars", "shipped_code_env", "tune_verbosity", "verbose"]
+__all__ = ["init_ray", "job_env_vars", "shipped_code_env", "start_local_ray", "tune_verbosity", "verbose"]
 
 VERBOSE_ENV = "VIPO_VERBOSE"
 
@@ -90,10 +91,29 @@ def init_ray(config: RayConfig, tracking_uri: str | None = None) -> None:
             runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **env_vars}
         ray.init(address=address, runtime_env=runtime_env, **output)
         return
-    ray.init(
+    start_local_ray(
         num_cpus=config.num_cpus or os.cpu_count(),
         num_gpus=config.num_gpus,
         include_dashboard=False,
         runtime_env={"env_vars": {VERBOSE_ENV: "1" if loud else "0", **env_vars}},
         **output,
     )
+
+
+def start_local_ray(attempts: int = 3, **init_kwargs) -> None:
+    """``ray.init(**init_kwargs)`` for a new local instance, retried when the node misses Ray's start-up window.
+
+    Ray gives a new node a fixed 30 s to register, and its agent processes can need longer on a busy laptop or CI
+    machine; the failed attempt's processes are shut down before the next."""
+    import ray
+
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(**init_kwargs)
+            return
+        except Exception as err:
+            if "timed out during startup" not in str(err) or attempt == attempts:
+                raise
+            ray.shutdown()
+            print(f"Ray did not start within its 30 s window (attempt {attempt}/{attempts}); retrying",
+                  file=sys.stderr, flush=True)

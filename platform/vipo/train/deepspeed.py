@@ -43,7 +43,9 @@ def deepspeed_config(cfg: TrainConfig) -> dict[str, Any]:
                 "weight_decay": optim.weight_decay,
             },
         },
-        "bf16": {"enabled": cfg.precision == "bf16"},
+        # The step guard's skips are DeepSpeed's overflow path (see DeepSpeedEngine.micro_step): bf16 ZeRO-1/2 takes
+        # it only with the overflow check on (DeepSpeed's default, stated so it stays on).
+        "bf16": {"enabled": cfg.precision == "bf16", "check_grad_overflow": True},
         # loss_scale 0 = dynamic loss scaling, the only sane choice for fp16 diffusion training.
         "fp16": {"enabled": cfg.precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
         # DeepSpeed clips at 1.0 when the key is absent; 0 is its "off".

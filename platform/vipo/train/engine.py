@@ -4,7 +4,8 @@ Both engines expose the same small surface, so a recipe never branches on the ba
 ``engine.module`` (call it for the forward pass), ``engine.model`` (the unwrapped module, for ``save_pretrained``
 and validation), ``engine.input_dtype`` (cast model inputs to it), ``engine.micro_step(loss_fn, judge)`` (forward +
 backward + clipping + optimiser/scheduler step at the accumulation boundary, unless ``judge`` — the loop's
-:class:`vipo.train.guard.StepGuard` — names a reason to skip it), ``engine.lr``,
+:class:`vipo.train.guard.StepGuard` — names a reason to skip it: then weights, optimiser state, schedule and grad
+scale stay as they were and the step's gradients are dropped, on both engines), ``engine.lr``,
 ``engine.full_weights()`` (a context in which every rank sees whole tensors: ZeRO-3 gathers; entered by all
 ranks), ``engine.shards_parameters`` (ZeRO-3), and
 ``save_state``/``load_state`` for the optimiser side of a checkpoint.
@@ -17,7 +18,7 @@ import contextlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager, Optional, Protocol
+from typing import Callable, ContextManager, Protocol
 
 import torch
 from torch import nn
@@ -39,9 +40,12 @@ __all__ = [
 
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-StepJudge = Callable[[Optional[float]], Optional[str]]
-"""Called at the accumulation boundary with the gradient norm before clipping (None where the backend only knows
-it after the step): None to take the optimiser step, else the reason it is skipped."""
+class StepJudge(Protocol):
+    """Called at the accumulation boundary with the gradient norm before clipping: None to take the optimiser
+    step, else the reason it is skipped; the verdict is recorded. ``judge(None, record=False)``: the verdict on the
+    step's loss alone, not recorded (asked before the step where the backend learns the norm inside it)."""
+
+    def __call__(self, grad_norm: float | None, record: bool = True) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -248,22 +252,35 @@ class DeepSpeedEngine:
 
     def micro_step(self, loss_fn: Callable[[], torch.Tensor],
                    judge: StepJudge | None = None) -> tuple[torch.Tensor, float | None]:
-        """As :meth:`TorchEngine.micro_step`, but DeepSpeed's engine steps (and knows the gradient norm) inside
-        ``step()`` and cannot skip an update from outside: ``judge`` sees the loss only, and a skip verdict stops
-        the run before the update (the weights stay finite; relaunch resumes from the last checkpoint)."""
+        """As :meth:`TorchEngine.micro_step`. Every micro-batch goes through DeepSpeed's ``backward`` and ``step``,
+        so its micro-step count (hence its accumulation boundaries) never drifts; the skip is DeepSpeed's own.
+
+        ZeRO 1-3 check the gradient norm inside ``step()`` and, when it is not finite (an overflow), drop the
+        accumulated gradients and skip the update and the schedule on every rank (``was_step_applied()`` False);
+        the judge then records ``nonfinite_grad_norm``. DeepSpeed has no call that skips a step from outside, so a
+        skip for the loss (judged before the boundary's backward) goes down that same path: the boundary
+        micro-batch backpropagates ``loss × NaN``, whose NaN gradients trip the overflow check; the fp16 loss
+        scale is then put back, as the overflow was ours. The grad norm of a step skipped for its loss is NaN."""
+        boundary = self.module.is_gradient_accumulation_boundary()  # counts micro-steps: read before step()
         loss = loss_fn()
-        self.module.backward(loss)
-        boundary = self.module.is_gradient_accumulation_boundary()  # must be read before step()
-        if boundary and judge is not None:
-            reason = judge(None)
-            if reason is not None:
-                raise RuntimeError(f"step guard: {reason} (loss {float(loss)}); DeepSpeed cannot skip an optimiser "
-                                   "step, so the run stops before it with its weights intact")
+        loss_reason = judge(None, record=False) if boundary and judge is not None else None
+        scale_state = dict(vars(self.optimizer.loss_scaler)) if loss_reason else None
+        self.module.backward(loss * math.nan if loss_reason else loss)
         self.module.step()
         if not boundary:
             return loss.detach(), None
-        norm = self.module.get_global_grad_norm()
-        return loss.detach(), float(norm) if norm is not None else math.nan
+        applied = self.module.was_step_applied()
+        if loss_reason:
+            if applied:
+                raise RuntimeError(f"step guard: DeepSpeed applied an update skipped for {loss_reason}: its "
+                                   "overflow check did not see the NaN gradients (bf16.check_grad_overflow off?)")
+            vars(self.optimizer.loss_scaler).update(scale_state)
+            judge(None)  # records the loss's verdict
+            return loss.detach(), math.nan
+        grad_norm = float(self.module.get_global_grad_norm()) if applied else math.inf
+        if judge is not None:
+            judge(grad_norm)
+        return loss.detach(), grad_norm
 
     def full_weights(self) -> ContextManager:
         if not self.shards_parameters:

@@ -53,12 +53,15 @@ class StepGuard:
         self.consecutive = 0
         self.recent_losses: deque[float] = deque(maxlen=settings.spike_window)
 
-    def check(self, loss: float, grad_norm: float | None = None) -> str | None:
-        """The reason to skip this step, or None to take it; counts the verdict. ``grad_norm`` None: not known
-        before the step (DeepSpeed), only the loss is judged. Raises :class:`SkippedStepsError` on the
-        ``max_consecutive_skips``-th skip in a row."""
+    def check(self, loss: float, grad_norm: float | None = None, *, record: bool = True) -> str | None:
+        """The reason to skip this step, or None to take it; counts the verdict. ``grad_norm`` None: only the loss
+        is judged. ``record`` False: the verdict only, nothing counted (DeepSpeed asks the loss's verdict before
+        its step, in which it learns the gradient norm, and records the step's verdict after it). Raises
+        :class:`SkippedStepsError` on the ``max_consecutive_skips``-th recorded skip in a row."""
         loss = float(loss)
         reason = self._reason(loss, grad_norm)
+        if not record:
+            return reason
         if reason is None:
             self.consecutive = 0
             self.recent_losses.append(loss)

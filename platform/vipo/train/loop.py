@@ -210,11 +210,13 @@ class TrainLoop:
                     micro_losses.append(loss.detach().float())
                     return loss
 
-                def judge(grad_norm: float | None) -> str | None:
+                def judge(grad_norm: float | None, record: bool = True) -> str | None:
                     # The step's loss over its micro-batches and ranks: every rank reaches the same verdict.
-                    self._skip_reason = self.guard.check(self._mean_over_ranks(torch.stack(micro_losses).mean()),
-                                                         grad_norm)
-                    return self._skip_reason
+                    reason = self.guard.check(self._mean_over_ranks(torch.stack(micro_losses).mean()), grad_norm,
+                                              record=record)
+                    if record:
+                        self._skip_reason = reason
+                    return reason
 
                 lr = self.engine.lr  # the rate this update uses: the schedule advances inside micro_step
                 self._skip_reason = None
