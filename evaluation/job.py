@@ -33,7 +33,7 @@ from vipo.storage import SessionDirError, resolve_output_path
 from vipo.tracking import init_ray, launch_tracking_uri, resolve_tracking_uri, run_identity
 from vipo.train.checkpointing import atomic_write_text
 
-__all__ = ["Evaluation", "compare", "evaluate", "scoring_hash"]
+__all__ = ["Evaluation", "compare", "evaluate", "score_methods", "scoring_hash"]
 
 TRACKING_RECORD = "tracking.json"
 
@@ -90,6 +90,17 @@ def _evaluate_method(config: EvaluateConfig, label: str, method: MethodConfig, b
                         cache.method_dir(benchmark.hash, method_hash) / "predictions")
 
 
+def score_methods(config: EvaluateConfig, scores_key: str) -> tuple[Benchmark, list[MethodResult]]:
+    """Materialise the benchmark under ``output_dir`` and score every method of ``config`` on it (stored results
+    reused): :func:`evaluate` without MLflow and the report. ``scores_key``: :func:`scoring_hash` of the scoring."""
+    benchmark = materialize(config.benchmark, config.output_dir / "benchmarks")
+    print(f"benchmark {benchmark.name} {benchmark.hash}: {len(benchmark.clips)} clips, {benchmark.num_frames} "
+          f"frames at {benchmark.width}x{benchmark.height} ({benchmark.root})")
+    cache = ResultCache(config.output_dir / "results")
+    return benchmark, [_evaluate_method(config, label, method, benchmark, cache, scores_key)
+                       for label, method in config.methods.items()]
+
+
 def _print_means(report: Report, metrics: list[str]) -> None:
     metrics = [m for m in metrics if m in next(iter(report.means.values()))]  # zero checks are one report line
     width = max(len(label) for label in report.means) + 2
@@ -110,13 +121,8 @@ def evaluate(config: EvaluateConfig) -> Evaluation:
     output_dir = config.output_dir
     tracking_uri = launch_tracking_uri(config.tracking, output_dir)
     init_ray(config.ray, tracking_uri)
-    benchmark = materialize(config.benchmark, output_dir / "benchmarks")
-    print(f"benchmark {benchmark.name} {benchmark.hash}: {len(benchmark.clips)} clips, {benchmark.num_frames} "
-          f"frames at {benchmark.width}x{benchmark.height} ({benchmark.root})")
-    cache = ResultCache(output_dir / "results")
+    benchmark, results = score_methods(config, scores_key)
     metrics = list(config.scoring.metrics)
-    results = [_evaluate_method(config, label, method, benchmark, cache, scores_key)
-               for label, method in config.methods.items()]
 
     experiment, artifact_root = config.tracking.experiment, output_dir / "mlartifacts"
     if tracking_uri:

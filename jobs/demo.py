@@ -85,9 +85,11 @@ def run(output_dir: Path) -> None:
     stage2 = _latest_export(train_dir / "stage2-demo")
     timings["stage2"] = time.perf_counter() - start
 
-    start = _step(5, "train stage 3 (Region-Reg-DPO with LoRA)")
+    start = _step(5, "train stage 3 (Region-Reg-DPO with LoRA; each checkpoint evaluated beside it)")
     stage3_overrides = [*common, f"model.parent={stage2}", f"data.shards={generation / 'shards'}"]
-    train.run(CONFIGS / "stage3_dpo_demo.yaml", stage3_overrides)
+    # Its checkpoints are scored on the sample clips beside the training (eval/<metric> in its MLflow run).
+    train.run(CONFIGS / "stage3_dpo_demo.yaml",
+              [*stage3_overrides, f"evaluation.benchmark.source.root={SAMPLE_DATA_ROOT}"])
     stage3 = _latest_export(train_dir / "stage3-dpo-demo")
     timings["stage3"] = time.perf_counter() - start
 

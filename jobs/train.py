@@ -4,7 +4,8 @@ Relaunching the same command resumes from the run's latest checkpoint (``output_
 checkpoints at the next step boundary and exits 75 (143 when that takes longer than
 ``failure.preemption_grace_s``); see :mod:`vipo.train.preemption`. The validation gate's scorer is evaluation's
 :class:`~evaluation.scoring.Scorer`, built here from ``validation.scoring`` and injected into the run: ``vipo``
-sits below ``evaluation`` and cannot import its metrics.
+sits below ``evaluation`` and cannot import its metrics. Likewise the checkpoint evaluation (``evaluation:``,
+:mod:`evaluation.checkpoints`) enters the run as a Ray Train callback built here.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from evaluation.checkpoints import evaluating_checkpoints, plan_checkpoint_evaluation
 from evaluation.scoring import Scorer, ScoringConfig
 from vipo.config import validate_config
 from vipo.tracking import read_run_id, resolve_tracking_uri
@@ -34,12 +36,14 @@ def run(config_path: str | Path, overrides: list[str]) -> None:
     """Validate the config (one-line ``ConfigError`` on any problem), then build the trainer and fit."""
     cfg = load_train_config(config_path, overrides)
     scorer = validation_scorer(cfg, str(config_path))
+    checkpoint_evaluation = plan_checkpoint_evaluation(cfg, str(config_path))
     from vipo.train.preemption import EXIT_PREEMPTED, EXIT_PREEMPTION_TIMEOUT, Preempted, PreemptionTimeout
     from vipo.train.runner import fit
 
     print(f"run folder: {cfg.run_dir}  (relaunch the same command to resume)")
     try:
-        result = fit(cfg, scorer=scorer)
+        with evaluating_checkpoints(checkpoint_evaluation) as callbacks:
+            result = fit(cfg, callbacks, scorer)
     except Preempted as stopped:
         print(stopped, file=sys.stderr)
         raise SystemExit(EXIT_PREEMPTED) from None

@@ -19,7 +19,11 @@ from vipo.tune import TuneConfig, run_staged_search, train_trial
 def run(config_path: Path, overrides: list[str]) -> None:
     cfg = load_config(TuneConfig, config_path, overrides)
     # The trials' scoring settings fail here, once, rather than in every trial.
-    validation_scorer(load_train_config(cfg.base_config, cfg.base_overrides), str(cfg.base_config))
+    base = load_train_config(cfg.base_config, cfg.base_overrides)
+    validation_scorer(base, str(cfg.base_config))
+    if base.evaluation.benchmark is not None:
+        print("note: trials do not evaluate their checkpoints on evaluation.benchmark (Tune ranks on the validation "
+              "gate); `vipo train` does", file=sys.stderr)
     result = run_staged_search(cfg, trainable=partial(train_trial, scorer_factory=validation_scorer))
     for record in result.rounds:
         print(f"round {record['round']}: best {record['metric']} = {record['value']:.6g} "

@@ -17,6 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from vipo.config import Config, ExistingPath, JobConfig, load_config, validate_config
 
 __all__ = [
+    "CheckpointEvaluationSettings",
     "CheckpointSettings",
     "DeepSpeedSettings",
     "DiffuEraserModelSettings",
@@ -131,6 +132,33 @@ class ValidationSettings(Config):
     )
 
 
+class CheckpointEvaluationSettings(Config):
+    """Score checkpoints on a benchmark while training runs (off while ``benchmark`` is null).
+
+    Every ``every_n_checkpoints``-th checkpoint (step a multiple of ``checkpointing.every_n_steps`` ×
+    ``every_n_checkpoints``) and the last one are exported and scored beside the training, and the training's
+    MLflow run gets ``eval/<metric>`` at that step: early checkpoints can score best. ``benchmark``, ``method`` and
+    ``scoring`` are evaluation's configs (``BenchmarkConfig``, a method of a kind that loads an export, without its
+    export path, and ``ScoringConfig``); they live a layer above vipo, so the ``vipo train`` job validates them and
+    runs the evaluation (``evaluation.checkpoints``). The end of training waits at most ``wait_timeout_s`` for
+    outstanding evaluations; ``keep_exports: false`` deletes each export once scored.
+    """
+
+    benchmark: dict[str, Any] | None = None
+    method: dict[str, Any] = Field(default_factory=dict)
+    scoring: dict[str, Any] = Field(default_factory=dict)
+    every_n_checkpoints: int = Field(default=1, ge=1)
+    wait_timeout_s: float = Field(default=3600.0, gt=0)
+    keep_exports: bool = True
+
+    @model_validator(mode="after")
+    def _method_with_benchmark(self) -> "CheckpointEvaluationSettings":
+        if self.benchmark is not None and not self.method:
+            raise ValueError("benchmark is set but method is empty; give the method that loads each export (e.g. "
+                             "kind: diffueraser+lora and the base weights)")
+        return self
+
+
 class ModelSettings(Config):
     """Switches every diffusers model supports."""
 
@@ -196,6 +224,7 @@ class TrainConfig(JobConfig):
     failure: FailureSettings = FailureSettings()
     guard: GuardSettings = GuardSettings()
     validation: ValidationSettings = ValidationSettings()
+    evaluation: CheckpointEvaluationSettings = CheckpointEvaluationSettings()
 
     @model_validator(mode="before")
     @classmethod
