@@ -90,6 +90,7 @@ def test_a_failed_evaluation_is_a_warning_and_a_tag_not_an_error(tmp_path, weigh
     assert not (cfg.run_dir / EVAL_DIR / RECORD_FILE).exists()  # nothing recorded: a relaunch tries again
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1800)  # local Ray, two short trainings and four evaluations on a shared machine
 def test_checkpoints_are_evaluated_beside_training_logged_at_their_steps_and_not_again_on_resume(
         ray_local, tmp_path, weights_root, shards):
