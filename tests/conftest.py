@@ -89,8 +89,6 @@ UNVERIFIED_XFAIL = {
        for name in ("test_collapsing_trial_is_stopped_marked_failed_and_control_runs",
                     "test_confirmation_reruns_the_top_configs_with_fresh_seeds",
                     "test_an_interrupted_round_resumes_only_its_unfinished_trials")},
-    "tests/test_train_ray.py::test_killed_run_relaunched_ends_bitwise_equal_to_an_uninterrupted_run":
-        "not seen passing after the resume and run-record changes",
     **{f"tests/test_demo.py::{name}": "the demo ran past the 600 s test limit on the loaded box"
        for name in ("test_demo_runs_end_to_end_and_its_output_is_readable",
                     "test_demo_logged_every_step_to_one_mlflow_database",
