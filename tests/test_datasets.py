@@ -32,6 +32,7 @@ from vipo.data import (
     shards_for_rank,
 )
 from vipo.config import ConfigError, validate_config
+from vipo.data.datasets import _RayIndexLoader
 from vipo.data.images import read_frames
 
 PROVENANCE = Provenance("test", "0", "cafe", dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
@@ -144,8 +145,12 @@ def test_finetune_bad_videos_skipped_and_counted_or_strict(tmp_path, clip_tokeni
     assert dataset.skips.counts["corrupt or truncated image"] == 2
     assert dataset.skips.counts["frame of different size"] == 1
     strict = validate_config(FinetuneDataConfig, {**config, "strict": True})
-    with pytest.raises(BadSample, match=r"corrupt/0000\d.png: corrupt or truncated image"):
+    with pytest.raises(BadSample, match=r"corrupt/0000\d.png: corrupt or truncated image.*set strict: false"):
         FinetuneDataset(strict, clip_tokenizer, videos=dataset.index[:1])[0]
+    # Ray Data's loader (the Ray Train path) reports it the same way, fix included.
+    strict_dataset = FinetuneDataset(strict, clip_tokenizer, videos=dataset.index[:1])
+    with pytest.raises(BadSample, match=r"corrupt/0000\d.png: corrupt or truncated image.*set strict: false"):
+        _RayIndexLoader(strict_dataset, epoch=0)({"id": 0})
     with pytest.raises(BadSample, match="empty: empty folder"):
         FinetuneDataset(strict, clip_tokenizer)
 

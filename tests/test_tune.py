@@ -92,7 +92,12 @@ def test_a_round_where_every_trial_fails_names_the_error(tmp_path, ray_local):
 
 
 def _values(trial: dict) -> dict:
-    return {key: json.loads(value) for key, value in (item.split("=", 1) for item in trial["_overrides"])}
+    """The trial's searched values (JSON); its lineage overrides (output folder, run names, tracking) are left out."""
+    values = {}
+    for key, value in (item.split("=", 1) for item in trial["_overrides"]):
+        if key not in ("output_dir", "name") and not key.startswith("tracking."):
+            values[key] = json.loads(value)
+    return values
 
 
 def _staged(tmp_path, rounds: str, extra=()) -> TuneConfig:

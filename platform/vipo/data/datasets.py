@@ -35,7 +35,7 @@ from pydantic import Field, model_validator
 
 from vipo.config import Config, ExistingPath
 from vipo.data.decode import DPORowDecoder, NegativeForm, NegativePolicy, RayRowGroupDecoder, sample_rng
-from vipo.data.errors import BadSample, DataError, SkipLog
+from vipo.data.errors import BadSample, DataError, SkipLog, strict_error
 from vipo.data.sampling import (
     ClipSamplingConfig,
     build_clip_index,
@@ -189,7 +189,7 @@ class _RayIndexLoader:
             return [self.dataset.load_raw(int(row["id"]), self.epoch)]
         except BadSample as err:
             if self.dataset.strict:
-                raise
+                raise strict_error(err) from err
             logger.warning("skipped %s: %s", err.where, err.reason)
             return []
 

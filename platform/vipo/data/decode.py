@@ -15,7 +15,7 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 import pyarrow.parquet as pq
 
-from vipo.data.errors import BadSample
+from vipo.data.errors import BadSample, strict_error
 from vipo.data.shards import decode_frames, decode_hole
 
 __all__ = ["DPORowDecoder", "NegativePolicy", "RayRowGroupDecoder", "sample_rng"]
@@ -129,6 +129,6 @@ class RayRowGroupDecoder:
                 samples.append(self.decoder.decode_row(row, self.epoch, path.name))
             except BadSample as err:
                 if self.strict:
-                    raise
+                    raise strict_error(err) from err
                 logger.warning("skipped %s: %s", err.where, err.reason)
         return samples

@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["BadSample", "DataError", "SkipLog"]
+__all__ = ["BadSample", "DataError", "SkipLog", "strict_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +27,12 @@ class BadSample(DataError):
     def __reduce__(self):
         # Raised in Ray workers: it must unpickle on the driver (the default passes only the message).
         return type(self), (self.where, self.reason)
+
+
+def strict_error(error: BadSample) -> BadSample:
+    """``error`` as strict mode reports it: with the fix (wherever the sample was read, in process or on Ray)."""
+    return BadSample(error.where, f"{error.reason} (replace or remove the file, or set strict: false to skip and "
+                                  "count bad samples)")
 
 
 @dataclass
@@ -50,8 +56,7 @@ class SkipLog:
     def handle(self, error: BadSample, strict: bool) -> None:
         """Record ``error``, or re-raise it when the user asked for strict mode."""
         if strict:
-            raise BadSample(error.where, f"{error.reason} (replace or remove the file, or set strict: false to skip "
-                                         "and count bad samples)") from error
+            raise strict_error(error) from error
         self.record(error)
 
     @property
