@@ -68,8 +68,6 @@ def ray_head(tmp_path_factory):
 # round runs them one by one and lifts each entry (the closing note lists them). Failing fast: xfail, so CI
 # still runs them and says XPASS when they pass; slow or hanging: skip, to keep CI inside its time.
 UNVERIFIED_SKIP = {
-    "tests/test_cli.py::test_a_corrupt_frame_found_in_a_ray_worker_is_one_line_naming_the_file":
-        "Train-worker BadSample reached the driver only after the worker group's retry timeout",
     "tests/test_cluster_submit.py::test_outputs_land_under_the_storage_root_not_the_job_copy": "fixture error",
     "tests/test_cluster_submit.py::test_the_shipped_vipo_ran_on_the_driver_and_the_workers": "fixture error",
     "tests/test_cluster_submit.py::test_runs_on_the_mlflow_server_name_the_shipped_code": "fixture error",
@@ -79,9 +77,9 @@ UNVERIFIED_SKIP = {
     "tests/test_tune_e2e.py::test_tune_demo_ranks_on_the_validation_delta_and_stops_a_collapsing_trial":
         "never completed",
     "tests/test_train_preemption_ray.py::test_kill_after_a_complete_checkpoint_before_rays_snapshot_resumes_at_"
-    "that_step": "never completed",
+    "that_step": "hung past its time limit on the 2-core box (twice); not diagnosed",
     "tests/test_train_preemption_ray.py::test_sigterm_checkpoints_at_the_next_step_exits_75_and_the_relaunch_"
-    "resumes_exactly": "never completed",
+    "resumes_exactly": "not reached: its module's first test hangs here",
 }
 UNVERIFIED_XFAIL = {
     "tests/test_gpu_acceptance.py::test_dry_run_measures_every_step": "step 6 (generation on Ray) unverified",

@@ -20,7 +20,7 @@ from vipo.train.loop import DRILL_MARKER
 from vipo.train.preemption import EXIT_PREEMPTED, STOP_REQUEST_FILE
 from vipo.train.runner import fit
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(1800)]  # five short trainings with 2 Ray Train workers each
 
 DEMO = Path(__file__).resolve().parents[1] / "jobs" / "configs" / "stage1_demo.yaml"
 

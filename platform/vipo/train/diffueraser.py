@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from diffusers import UniPCMultistepScheduler
 from torch import nn
 
-from vipo.data import FinetuneDataConfig, FinetuneDataset, resize_center_crop
+from vipo.data import BadSample, FinetuneDataConfig, FinetuneDataset, resize_center_crop
 from vipo.masks import random_moving_masks
 from vipo.pipelines.diffueraser import DiffuEraserPipeline, build_conditioning, encode_frames
 from vipo.train.config import DiffuEraserModelSettings, ModelSettings, TrainConfig, ValidationSettings
@@ -201,7 +201,11 @@ class ValidationClips:
         nframes, size = dataset.config.clip.nframes, dataset.config.clip.size
         self.clips: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for position, video in enumerate(chosen):
-            frames = video.read(list(range(nframes)))
+            try:
+                frames = video.read(list(range(nframes)))
+            except BadSample as err:  # strict: the error with its fix; else counted with the training skips
+                dataset.skips.handle(err, dataset.strict)
+                continue
             hole = random_moving_masks(nframes, *frames.shape[1:3], settings.seed + position, dataset.config.masks)
             name = video.video_id.replace("/", "_")
             self.clips[name] = (resize_center_crop(frames, size), resize_center_crop(hole, size, "nearest"))
