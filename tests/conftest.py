@@ -83,10 +83,8 @@ UNVERIFIED_SKIP = {
 }
 UNVERIFIED_XFAIL = {
     "tests/test_gpu_acceptance.py::test_dry_run_measures_every_step": "step 6 (generation on Ray) unverified",
-    **{f"tests/test_tune.py::{name}": "Tune on Ray not seen passing after the lineage + objective merge"
-       for name in ("test_collapsing_trial_is_stopped_marked_failed_and_control_runs",
-                    "test_confirmation_reruns_the_top_configs_with_fresh_seeds",
-                    "test_an_interrupted_round_resumes_only_its_unfinished_trials")},
+    "tests/test_tune.py::test_collapsing_trial_is_stopped_marked_failed_and_control_runs":
+        "failed in its last run here (after its trainable became importable on the workers); not diagnosed",
     **{f"tests/test_demo.py::{name}": "the demo ran past the 600 s test limit on the loaded box"
        for name in ("test_demo_runs_end_to_end_and_its_output_is_readable",
                     "test_demo_logged_every_step_to_one_mlflow_database",
