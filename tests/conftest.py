@@ -83,8 +83,6 @@ UNVERIFIED_SKIP = {
 }
 UNVERIFIED_XFAIL = {
     "tests/test_gpu_acceptance.py::test_dry_run_measures_every_step": "step 6 (generation on Ray) unverified",
-    "tests/test_tune.py::test_collapsing_trial_is_stopped_marked_failed_and_control_runs":
-        "failed in its last run here (after its trainable became importable on the workers); not diagnosed",
     **{f"tests/test_demo.py::{name}": "the demo ran past the 600 s test limit on the loaded box"
        for name in ("test_demo_runs_end_to_end_and_its_output_is_readable",
                     "test_demo_logged_every_step_to_one_mlflow_database",

@@ -179,9 +179,10 @@ def test_collapsing_trial_is_stopped_marked_failed_and_control_runs(tmp_path, ra
 
 
 def _grid(cfg, experiment):
-    from ray import tune
+    """A finished experiment's results, read from its folder (restoring a Tuner would need its trainable)."""
+    from ray.tune import ExperimentAnalysis, ResultGrid
 
-    return tune.Tuner.restore(str(cfg.output_dir / cfg.name / experiment), trainable=lambda c: None).get_results()
+    return ResultGrid(ExperimentAnalysis(str(cfg.output_dir / cfg.name / experiment)))
 
 
 def test_confirmation_picks_the_tightest_good_interval_not_the_best_mean():
