@@ -281,3 +281,12 @@ def test_ranking_skips_health_failures_and_the_summary_lists_every_trial():
     assert lines[2] == '| r1 | t1 | {"loss.beta":10000000.0} | -1 | failed: dgr_collapse | 0 |'
     assert lines[5] == '| r1 | t4 | {"loss.beta":50.0} | - | ok | - |'
     assert lines[6] == '| r2 | c | {"loss.alpha":[0,0,0]} | 0.3 | ok | - |' and len(lines) == 7
+
+
+def test_trial_run_names_are_valid_run_names_for_any_value():
+    from vipo.train.config import _RUN_NAME
+    from vipo.tune.lineage import trial_run_name
+
+    name = trial_run_name("sweep", "r1", {"loss.beta": 1.0e7, "optim.lr": 1e-5, "loss.rho": [0, 100.0, 0]})
+    assert name == "sweep-r1-beta_1e07-rho_0_100_0-lr_1e-05"  # sorted by key; no '+' (1e+07)
+    assert _RUN_NAME.match(name)  # what the trial's training config accepts as its name

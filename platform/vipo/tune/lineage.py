@@ -31,7 +31,7 @@ def sweep_dir(cfg: TuneConfig) -> Path:
 
 def _short(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return f"{value:.4g}".replace("+", "")  # 1e+07 → 1e07: run names become folder names
     if isinstance(value, (list, tuple)):
         return "_".join(_short(v) for v in value)
     return _UNSAFE.sub("_", str(value))
