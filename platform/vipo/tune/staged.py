@@ -146,14 +146,17 @@ def _fit(cfg: TuneConfig, experiment: str, space: dict, overrides: Callable[[dic
 
     # Ray names the trainable's actors after the function: the dashboard then shows the sweep and experiment.
     with_overrides.__name__ = with_overrides.__qualname__ = f"{cfg.name}-{experiment}"
+    # A trial only drives its TorchTrainer, whose workers hold the CPUs/GPUs: a whole CPU held by each driver would
+    # let fewer trials run at once than the workers' resources allow (Ray refuses an empty request, hence 0.01).
+    driver = tune.with_resources(with_overrides, {"cpu": 0.01})
     storage = sweep_dir(cfg)
     path = storage / experiment
     if tune.Tuner.can_restore(str(path)):
         log.info("restoring unfinished experiment %s from %s", experiment, path)
-        tuner = tune.Tuner.restore(str(path), trainable=with_overrides, resume_errored=True)
+        tuner = tune.Tuner.restore(str(path), trainable=driver, resume_errored=True)
     else:
         tuner = tune.Tuner(
-            with_overrides,
+            driver,
             param_space=space,
             tune_config=tune.TuneConfig(
                 metric=cfg.metric,
