@@ -36,6 +36,11 @@ def main(
     """vipo: Video Inpainting Preference Optimization — generate preference data, train, tune, evaluate."""
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
+        return
+    # Tune's newer reporter prints every experiment's header even at verbose=0 (its legacy one is silent), and
+    # MLflow draws a bar per artifact it downloads: neither is the user's progress.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 CONFIG_HELP = "YAML config (see jobs/configs/)."

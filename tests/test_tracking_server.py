@@ -161,6 +161,7 @@ def test_tune_demo_is_a_sweep_round_trial_tree_on_the_server(mlflow_server, weig
     assert math.isclose(min(t.data.metrics["loss"] for t in trials), record["value"], rel_tol=1e-6)
     for run in (sweep, round_run, *trials):
         assert run.info.status == "FINISHED"
+        assert {"vipo.config_hash", "vipo.git_commit"} <= run.data.tags.keys(), run.info.run_name
     for trial in trials:
         assert _under_server_store(mlflow_server, client, trial)
 

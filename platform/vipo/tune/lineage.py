@@ -72,11 +72,13 @@ def open_sweep_run(cfg: TuneConfig) -> RunLogger:
 
 
 def open_round_run(cfg: TuneConfig, round_cfg: RoundConfig, sweep_run: RunLogger) -> RunLogger:
-    """The round's run, a child of the sweep run (reopened when the round folder records one)."""
+    """The round's run, a child of the sweep run (reopened when the round folder records one), carrying the sweep's
+    config and identity like every run, and its own round config."""
     tracking = cfg.tracking.model_copy(update={"run_name": None, "parent_run_id": sweep_run.run_id})
     logger = build_logger(tracking, cfg.output_dir, f"{cfg.name}-{round_cfg.name}",
                           run_folder=sweep_dir(cfg) / round_cfg.name, resume=True,
                           tags={"vipo.tune.round": round_cfg.name})
+    logger.log_config(cfg, run_identity(cfg))
     logger.log_text(json.dumps(round_cfg.model_dump(mode="json"), indent=2), "round.json")
     return logger
 
