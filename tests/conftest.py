@@ -83,11 +83,6 @@ UNVERIFIED_SKIP = {
 }
 UNVERIFIED_XFAIL = {
     "tests/test_gpu_acceptance.py::test_dry_run_measures_every_step": "step 6 (generation on Ray) unverified",
-    **{f"tests/test_demo.py::{name}": "the demo ran past the 600 s test limit on the loaded box"
-       for name in ("test_demo_runs_end_to_end_and_its_output_is_readable",
-                    "test_demo_logged_every_step_to_one_mlflow_database",
-                    "test_readme_compare_command_works_after_the_demo",
-                    "test_readme_mlflow_ui_command_serves_the_demo_runs")},
 }
 
 
