@@ -74,8 +74,6 @@ UNVERIFIED_SKIP = {
     "tests/test_generate_cluster.py::test_worker_node_actors_write_shards_the_driver_lists_and_a_killed_driver_"
     "resumes_exactly_once": "never completed",
     "tests/test_tracking_server.py::test_tune_demo_is_a_sweep_round_trial_tree_on_the_server": "never completed",
-    "tests/test_tune_e2e.py::test_tune_demo_ranks_on_the_validation_delta_and_stops_a_collapsing_trial":
-        "its last run here failed only on the stop step it expected (1; the collapse shows at 2); fixed, not rerun",
     "tests/test_train_preemption_ray.py::test_kill_after_a_complete_checkpoint_before_rays_snapshot_resumes_at_"
     "that_step": "hung past its time limit on the 2-core box (twice); not diagnosed",
     "tests/test_train_preemption_ray.py::test_sigterm_checkpoints_at_the_next_step_exits_75_and_the_relaunch_"

@@ -139,6 +139,8 @@ def test_tune_demo_is_a_sweep_round_trial_tree_on_the_server(mlflow_server, weig
         f"scaling.num_workers=1, export_on_finish=false, data.clip.nframes=2, model.weights_root={weights_root}, "
         f"model.tiny_weights_seed=null, tracking.system_metrics=false, data.sources.0.root={SAMPLE_DATA_ROOT}]",
         "rounds=[{name: r1, space: {optim.lr: {kind: grid, values: [0.0001, 0.0003]}}}]",
+        # Stage-1 trials have no validation gate: rank on the loss; one round, no control or confirmation trials.
+        "metric=loss", "sft_control_round=null", "confirm.top_k=0",
     ])
     (record,) = run_staged_search(cfg)
 
