@@ -74,10 +74,6 @@ UNVERIFIED_SKIP = {
     "tests/test_generate_cluster.py::test_worker_node_actors_write_shards_the_driver_lists_and_a_killed_driver_"
     "resumes_exactly_once": "never completed",
     "tests/test_tracking_server.py::test_tune_demo_is_a_sweep_round_trial_tree_on_the_server": "never completed",
-    "tests/test_train_preemption_ray.py::test_kill_after_a_complete_checkpoint_before_rays_snapshot_resumes_at_"
-    "that_step": "hung past its time limit on the 2-core box (twice); not diagnosed",
-    "tests/test_train_preemption_ray.py::test_sigterm_checkpoints_at_the_next_step_exits_75_and_the_relaunch_"
-    "resumes_exactly": "not reached: its module's first test hangs here",
 }
 UNVERIFIED_XFAIL = {
     "tests/test_gpu_acceptance.py::test_dry_run_measures_every_step": "step 6 (generation on Ray) unverified",
