@@ -72,7 +72,6 @@ UNVERIFIED_SKIP = {
     "tests/test_cluster_submit.py::test_runs_on_the_mlflow_server_name_the_shipped_code": "fixture error",
     "tests/test_generate_cluster.py::test_worker_node_actors_write_shards_the_driver_lists_and_a_killed_driver_"
     "resumes_exactly_once": "never completed",
-    "tests/test_tracking_server.py::test_tune_demo_is_a_sweep_round_trial_tree_on_the_server": "never completed",
 }
 
 

@@ -142,7 +142,7 @@ def test_tune_demo_is_a_sweep_round_trial_tree_on_the_server(mlflow_server, weig
         # Stage-1 trials have no validation gate: rank on the loss; one round, no control or confirmation trials.
         "metric=loss", "sft_control_round=null", "confirm.top_k=0",
     ])
-    (record,) = run_staged_search(cfg)
+    (record,) = run_staged_search(cfg).rounds
 
     client = MlflowClient(mlflow_server.uri)
     runs = _runs(client, experiment)
@@ -179,7 +179,7 @@ def test_tune_demo_is_a_sweep_round_trial_tree_on_the_server(mlflow_server, weig
     names = sorted(str(t) for t in ExperimentAnalysis(str(sweep_dir(cfg) / "r1")).trials)
     assert names == sorted(t.info.run_name for t in trials)
 
-    again = run_staged_search(cfg)  # a rerun: the finished round is skipped, the parent run reopened
+    again = run_staged_search(cfg).rounds  # a rerun: the finished round is skipped, the parent run reopened
     assert again[0]["trial_run_id"] == record["trial_run_id"] and len(_runs(client, experiment)) == 4
 
 
