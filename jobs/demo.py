@@ -1,8 +1,8 @@
 """``vipo demo [--output-dir runs/demo]``: the whole flow on the bundled sample clips with tiny random models.
 
 generate → stage 1 → stage 2 → stage 3 (Region-Reg-DPO, LoRA) → round 1 of the staged Tune sweep (tune_demo.yaml)
-→ evaluation of ProPainter, DiffuEraser and the stage-3 export → the comparison report. Local Ray, one sqlite MLflow database for every step
-(``<output_dir>/mlflow.db``). Each step is the same job a user submits, driven by the configs in
+→ evaluation of ProPainter, DiffuEraser and the stage-3 export → the comparison report. Local Ray, one sqlite MLflow
+database for every step (``<output_dir>/mlflow.db``). Each step is the same job a user submits, driven by the configs in
 ``jobs/configs/*_demo.yaml`` with paths pointed into ``output_dir``. Rerunning the command continues where it
 stopped: generation resumes from its manifest, training runs resume from their checkpoints, finished Tune rounds
 and cached evaluation results are skipped.
@@ -95,8 +95,8 @@ def run(output_dir: Path) -> None:
 
     start = _step(6, "tune (round 1 of the staged search: a healthy trial and a planted collapsing one; Ray Tune)")
     # The demo's paths join the sweep's own trial settings (short runs, one worker). Only round 1 runs: every trial is
-    # a whole Ray Train run (~2 CPU-minutes on a laptop core), and the 13 trials of all four rounds, the SFT-only
-    # control and the confirmation would triple the demo's time; `vipo tune jobs/configs/tune_demo.yaml` runs them.
+    # a whole Ray Train run (~4 CPU-minutes on a 2-core CI box), and the 13 trials of all four rounds, the SFT-only
+    # control and the confirmation would more than double the demo's time; `vipo tune jobs/configs/tune_demo.yaml` runs them.
     sweep = yaml.safe_load((CONFIGS / "tune_demo.yaml").read_text())
     tune.run(
         CONFIGS / "tune_demo.yaml",
