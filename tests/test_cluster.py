@@ -152,3 +152,27 @@ def test_readme_cluster_commands_match_the_clis():
             assert entrypoint[:2] == ["python", "-m"] and (REPO / (entrypoint[2].replace(".", "/") + ".py")).is_file()
             assert entrypoint[3] == "compare" or (REPO / entrypoint[3]).is_file(), line
     assert (REPO / "scripts" / "build_image.sh").stat().st_mode & 0o111
+
+
+def test_working_dir_upload_ships_code_and_sample_data_not_outputs(tmp_path):
+    """What `ray job submit --working-dir .` packs, by Ray's own traversal of .gitignore/.rayignore and the default
+    excludes the README's submitting shell sets (which keep .git in, for the runs' commit)."""
+    from ray._private.runtime_env.packaging import _dir_travel, _get_excludes
+
+    excludes = re.search(r"RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES=(\S+)", (REPO / "README.md").read_text())
+    for folder in ("runs/demo", "weights/sd15", "data/DAVIS/JPEGImages", ".git", ".venv/bin"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "frame.png").write_bytes(b"x")
+    for name in (".gitignore", ".rayignore"):
+        shutil.copy(REPO / name, tmp_path / name)
+    shutil.copytree(REPO / "data" / "sample" / "DAVIS", tmp_path / "data" / "sample" / "DAVIS")
+    (tmp_path / "platform" / "vipo").mkdir(parents=True)
+    (tmp_path / "platform" / "vipo" / "__init__.py").write_text("")
+    shipped = []
+    _dir_travel(tmp_path, [_get_excludes(tmp_path, excludes.group(1).split(","))],
+                lambda path: shipped.append(path.relative_to(tmp_path).as_posix()), include_gitignore=True)
+    assert "data/sample" in shipped
+    assert "platform/vipo/__init__.py" in shipped and ".git/frame.png" in shipped
+    assert not [path for path in shipped if path.startswith(".venv")]
+    assert any(path.startswith("data/sample/DAVIS/JPEGImages/") for path in shipped)
+    assert not [path for path in shipped if path.split("/")[0] in ("runs", "weights") or path.startswith("data/DAVIS")]

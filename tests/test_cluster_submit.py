@@ -55,7 +55,7 @@ def submitted(ray_head, mlflow_server, tmp_path_factory):
     weights = storage / "runs" / "demo" / "weights"
     jobs = {
         "generate": [PYTHON, "-m", "jobs.generate", "jobs/configs/generate_demo.yaml",
-                     "kinds=[{kind: blur}]", "stages=[{name: inpaint, kinds: [blur], pool_size: 1, num_cpus: 1}]",
+                     "kinds=[{kind: blur}]", "stages=[{name: inpaint, kinds: [blur], min_size: 1, max_size: 1, num_cpus: 1}]",
                      "models={propainter: {random_init: 0, options: {raft_iterations: 2}}}",
                      "masks_per_clip=1", "sampling.nframes=4"],
         "stage1": [PYTHON, "-m", "jobs.train", "jobs/configs/stage1_demo.yaml", "scaling.num_workers=1",
@@ -67,13 +67,15 @@ def submitted(ray_head, mlflow_server, tmp_path_factory):
                      f"options: {{raft_iterations: 2}}, actors: {{num_gpus: 0, pool_size: 1}}}}}}",
                      "baseline=propainter", "benchmark.num_frames=4", "benchmark.height=32", "benchmark.width=32"],
     }
+    # As the README's submit commands: .git ships (Ray leaves it out by default), so runs name the shipped commit.
+    client_env = {**ray_head.client_env, "RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES": ".venv,venv,__pycache__"}
     logs = {}
     for name, entrypoint in jobs.items():
         submission = f"vipo-{name}-{marker}"
         done = subprocess.run(
             [RAY, "job", "submit", "--address", ray_head.dashboard_url, "--submission-id", submission,
              "--working-dir", str(workdir), "--runtime-env-json", json.dumps(runtime_env), "--", *entrypoint],
-            env=ray_head.client_env, capture_output=True, text=True, timeout=1800)
+            env=client_env, capture_output=True, text=True, timeout=1800)
         status = subprocess.run([RAY, "job", "status", "--address", ray_head.dashboard_url, submission],
                                 env=ray_head.client_env, capture_output=True, text=True, timeout=300)
         assert "SUCCEEDED" in status.stdout, f"{name}: {status.stdout}\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
