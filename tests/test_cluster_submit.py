@@ -78,7 +78,7 @@ def submitted(ray_head, mlflow_server, tmp_path_factory):
             env=client_env, capture_output=True, text=True, timeout=1800)
         status = subprocess.run([RAY, "job", "status", "--address", ray_head.dashboard_url, submission],
                                 env=ray_head.client_env, capture_output=True, text=True, timeout=300)
-        assert "SUCCEEDED" in status.stdout, f"{name}: {status.stdout}\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
+        assert f"Job '{submission}' succeeded" in status.stdout, f"{name}: {status.stdout}\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
         logs[name] = done.stdout
     return {"logs": logs, "marker": marker, "sha": sha, "storage": storage, "workdir": workdir, "head": ray_head,
             "mlflow": mlflow_server}
