@@ -67,9 +67,6 @@ def ray_head(tmp_path_factory):
 # development box: skipped, not deleted, so the next round runs them one by one and lifts each entry (the closing
 # note lists them); skipped rather than xfail to keep CI inside its time.
 UNVERIFIED_SKIP = {
-    "tests/test_cluster_submit.py::test_outputs_land_under_the_storage_root_not_the_job_copy": "fixture error",
-    "tests/test_cluster_submit.py::test_the_shipped_vipo_ran_on_the_driver_and_the_workers": "fixture error",
-    "tests/test_cluster_submit.py::test_runs_on_the_mlflow_server_name_the_shipped_code": "fixture error",
     "tests/test_generate_cluster.py::test_worker_node_actors_write_shards_the_driver_lists_and_a_killed_driver_"
     "resumes_exactly_once": "never completed",
 }
