@@ -67,9 +67,10 @@ def _data(output_dir: Path, executor: str) -> dict:
     }
 
 
-def _driver(data: dict, address: str, mode: str) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-    return subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(data), address, mode], stdout=subprocess.PIPE,
+def _driver(data: dict, head, mode: str) -> subprocess.Popen:
+    env = {**head.client_env, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}  # with the head's auth token
+    return subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(data), head.address, mode],
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
 
 
@@ -90,11 +91,11 @@ def test_worker_node_actors_write_shards_the_driver_lists_and_a_killed_driver_re
     from servers import RayNode
 
     worker = RayNode(Path(tempfile.mkdtemp(prefix="vipo-ray-w-")), num_cpus=2, resources='{"worker_node": 4}',
-                     head_address=ray_head.address).start()
+                     head_address=ray_head.address, auth_token=ray_head.auth_token).start()
     try:
         shared = tmp_path / "shared"  # one folder both nodes reach (a shared mount on a real cluster)
         data = _data(shared / "run", "ray")
-        first = _driver(data, ray_head.address, "fresh")
+        first = _driver(data, ray_head, "fresh")
         lines = []
         for line in first.stdout:  # kill the driver (like a lost head job) once the first shard is recorded
             lines.append(line)
@@ -107,7 +108,7 @@ def test_worker_node_actors_write_shards_the_driver_lists_and_a_killed_driver_re
         assert 1 <= len(Manifest.load(shards, adopt_unlisted=False).shards) < 4
         assert json.loads((shards / "lease.json").read_text())["pid"] == first.pid  # left by the killed driver
 
-        resumed = _driver(data, ray_head.address, "resume")  # takes the dead driver's lease over
+        resumed = _driver(data, ray_head, "resume")  # takes the dead driver's lease over
         out, _ = resumed.communicate(timeout=900)
         assert resumed.returncode == 0, out[-3000:]
         assert "taking over the stale lease" in out
