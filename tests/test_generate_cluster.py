@@ -70,8 +70,8 @@ def _data(output_dir: Path, executor: str) -> dict:
 def _driver(data: dict, head, mode: str) -> subprocess.Popen:
     env = {**head.client_env, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}  # with the head's auth token
     return subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(data), head.address, mode],
-                            stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
 
 
 def _rows(folder: Path) -> dict[str, dict]:
