@@ -35,8 +35,9 @@ commits = []
 def recording(work, stages, writer):
     for commit in run_on_ray(work, stages, writer):
         commits.append(commit)
-        print("commit", commit.shard.name if commit.shard else None, flush=True)
         yield commit
+        # Resumed once generate() has taken the commit into its manifest.
+        print("commit", commit.shard.name if commit.shard else None, flush=True)
 
 summary = generate(config, HoleScorer.from_config(config.scoring), resume=sys.argv[3] == "resume", executor=recording)
 workers = [n["NodeID"] for n in ray.nodes() if n["Alive"] and "worker_node" in n["Resources"]]
