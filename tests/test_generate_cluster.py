@@ -87,6 +87,7 @@ def _rows(folder: Path) -> dict[str, dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # two drivers, each up to 15 minutes on a loaded 2-core machine
 def test_worker_node_actors_write_shards_the_driver_lists_and_a_killed_driver_resumes_exactly_once(ray_head,
                                                                                                   tmp_path):
     from servers import RayNode
