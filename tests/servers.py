@@ -142,14 +142,17 @@ class RayNode:
     def _launch(self) -> bool:
         """One ``ray start``; False when a head exited before its dashboard came up (worth a retry)."""
         self.temp_dir.mkdir(parents=True, exist_ok=True)
+        # Ray's dashboard agent listens on a fixed port (52365) by default: a second Ray on the machine (a test
+        # session's local Ray, the 2-node test's worker node) would break this node's job submission.
         command = [str(BIN / "ray"), "start", "--block", "--disable-usage-stats", "--node-ip-address", "127.0.0.1",
-                   "--num-cpus", str(self.num_cpus), "--num-gpus", str(self.num_gpus)]
+                   "--num-cpus", str(self.num_cpus), "--num-gpus", str(self.num_gpus),
+                   "--dashboard-agent-listen-port", str(free_port())]
         if self.resources:
             command += ["--resources", self.resources]
         if self.head_address is None:
             command += ["--head", "--port", str(self.port), "--temp-dir", str(self.temp_dir),
                         "--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
-                        "--dashboard-port", str(self.dashboard_port)]
+                        "--dashboard-port", str(self.dashboard_port), "--ray-client-server-port", str(free_port())]
         else:
             command += ["--address", self.head_address]
         log = self.temp_dir / ("head.log" if self.head_address is None else f"node-{self.port}.log")
