@@ -13,7 +13,7 @@ from pathlib import Path
 from jobs.train import validation_scorer
 from vipo.config import load_config
 from vipo.train.config import load_train_config
-from vipo.tune.config import TuneConfig
+from vipo.tune import TuneConfig, run_staged_search, train_trial
 
 
 def run(config_path: Path, overrides: list[str]) -> None:
@@ -21,8 +21,6 @@ def run(config_path: Path, overrides: list[str]) -> None:
     # The trials' scoring settings fail here, once, rather than in every trial.
     base = load_train_config(cfg.base_config, cfg.base_overrides)
     validation_scorer(base, str(cfg.base_config))
-    from vipo.tune import run_staged_search, train_trial
-
     if base.evaluation.benchmark is not None:
         print("note: trials do not evaluate their checkpoints on evaluation.benchmark (Tune ranks on the validation "
               "gate); `vipo train` does", file=sys.stderr)
