@@ -55,7 +55,8 @@ def submitted(ray_head, mlflow_server, tmp_path_factory):
     weights = storage / "runs" / "demo" / "weights"
     jobs = {
         "generate": [PYTHON, "-m", "jobs.generate", "jobs/configs/generate_demo.yaml",
-                     "kinds=[{kind: blur}]", "stages=[{name: inpaint, kinds: [blur], min_size: 1, max_size: 1, num_cpus: 1}]",
+                     "kinds=[{kind: blur}]",
+                     "stages=[{name: inpaint, kinds: [blur], min_size: 1, max_size: 1, num_cpus: 1}]",
                      "models={propainter: {random_init: 0, options: {raft_iterations: 2}}}",
                      "masks_per_clip=1", "sampling.nframes=4"],
         "stage1": [PYTHON, "-m", "jobs.train", "jobs/configs/stage1_demo.yaml", "scaling.num_workers=1",
@@ -78,7 +79,8 @@ def submitted(ray_head, mlflow_server, tmp_path_factory):
             env=client_env, capture_output=True, text=True, timeout=1800)
         status = subprocess.run([RAY, "job", "status", "--address", ray_head.dashboard_url, submission],
                                 env=ray_head.client_env, capture_output=True, text=True, timeout=300)
-        assert f"Job '{submission}' succeeded" in status.stdout, f"{name}: {status.stdout}\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
+        assert f"Job '{submission}' succeeded" in status.stdout, (
+            f"{name}: {status.stdout}\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}")
         logs[name] = done.stdout
     return {"logs": logs, "marker": marker, "sha": sha, "storage": storage, "workdir": workdir, "head": ray_head,
             "mlflow": mlflow_server}

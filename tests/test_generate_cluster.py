@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -19,6 +20,9 @@ from jobs.generate import GenerateJobConfig, HoleScorer
 from vipo.config import validate_config
 from vipo.data import SAMPLE_DATA_ROOT, Manifest, open_shard
 from vipo.generate import generate
+
+if TYPE_CHECKING:
+    from servers import RayNode
 
 DRIVER = """
 import json, sys
@@ -68,7 +72,7 @@ def _data(output_dir: Path, executor: str) -> dict:
     }
 
 
-def _driver(data: dict, head, mode: str) -> subprocess.Popen:
+def _driver(data: dict, head: RayNode, mode: str) -> subprocess.Popen:
     env = {**head.client_env, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}  # with the head's auth token
     return subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(data), head.address, mode],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
