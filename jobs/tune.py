@@ -14,6 +14,7 @@ from jobs.train import validation_scorer
 from vipo.config import load_config
 from vipo.train.config import load_train_config
 from vipo.tune import TuneConfig, run_staged_search, train_trial
+from vipo.tune.staged import trial_resources
 
 
 def run(config_path: Path, overrides: list[str]) -> None:
@@ -24,7 +25,8 @@ def run(config_path: Path, overrides: list[str]) -> None:
     if base.evaluation.benchmark is not None:
         print("note: trials do not evaluate their checkpoints on evaluation.benchmark (Tune ranks on the validation "
               "gate); `vipo train` does", file=sys.stderr)
-    result = run_staged_search(cfg, trainable=partial(train_trial, scorer_factory=validation_scorer))
+    result = run_staged_search(cfg, trainable=partial(train_trial, scorer_factory=validation_scorer),
+                               resources=trial_resources(base.scaling))
     for record in result.rounds:
         print(f"round {record['round']}: best {record['metric']} = {record['value']:.6g} "
               f"with {json.dumps(record['settled'])}")

@@ -18,7 +18,7 @@ def ray_local():
     """A local Ray with 4 logical CPUs and 2 *logical* GPUs (for the GPU-actor scheduling path; no CUDA)."""
     import ray
 
-    from vipo.tracking.ray_session import start_local_ray
+    from vipo.tracking.ray_session import TRIAL_DIR_CHDIR, start_local_ray
 
     if not ray.is_initialized():
         start_local_ray(
@@ -28,7 +28,7 @@ def ray_local():
             include_dashboard=False,
             # Workers unpickle functions defined in test modules by module name: tests/ must be importable there.
             runtime_env={"env_vars": {
-                "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0",
+                "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0", TRIAL_DIR_CHDIR: "0",  # as init_ray sets
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])),
             }},
         )

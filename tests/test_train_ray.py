@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from vipo.models.tiny import write_tiny_weights
 from vipo.train.checkpointing import TrainingProgress, list_checkpoints
 from vipo.train.config import load_train_config
-from vipo.train.loop import DRILL_MARKER
+from vipo.train.loop import DRILL_MARKER, InjectedFailure
 from vipo.train.runner import fit
 
 pytestmark = pytest.mark.ray
@@ -84,3 +84,36 @@ def test_killed_run_relaunched_ends_bitwise_equal_to_an_uninterrupted_run(ray_lo
     assert [a.path for a in client.list_artifacts(run.info.run_id, "validation")] == [
         "validation/davis_bunny_step0000002.gif", "validation/davis_bunny_step0000004.gif"]
     assert client.list_artifacts(run.info.run_id, "images/davis_bunny")
+
+
+def test_local_mode_keeps_the_run_folder_itself_and_hands_every_report_to_on_report(ray_local, tmp_path):
+    """``scaling.num_workers: 0`` (Ray Train's local mode keeps neither checkpoints nor reports): the loop writes
+    complete checkpoints into the run folder, prunes them to ``keep_last_k``, passes each report with its
+    ``checkpoint_path`` to ``on_report``, and a relaunch resumes there, ending where an uninterrupted run ends."""
+    from vipo.train.runner import build_trainer
+
+    weights = tmp_path / "weights"
+    write_tiny_weights(weights, seed=0)
+    local = ("scaling.num_workers=0", "checkpointing.every_n_steps=1")
+    with pytest.raises(ValueError, match="no callbacks in local mode"):
+        build_trainer(_config(tmp_path, weights, "x", *local), callbacks=[object()])
+
+    straight: list[dict] = []
+    fit(_config(tmp_path, weights, "straight", *local), on_report=straight.append)
+    run_dir = tmp_path / "straight"
+    assert [r["step"] for r in straight] == [1, 2, 3, 4]
+    assert [Path(r["checkpoint_path"]).name for r in straight] == [f"checkpoint-{s:08d}" for s in (1, 2, 3, 4)]
+    assert all(r["checkpoint_path"].startswith(str(run_dir)) and "loss" in r for r in straight)
+    checkpoints = list_checkpoints(run_dir)  # complete ones only (progress.json written)
+    assert list(checkpoints) == [3, 4]  # keep_last_k=2
+    assert TrainingProgress.from_file(checkpoints[4] / "progress.json").samples_seen == 4  # one rank, batch 1
+
+    first: list[dict] = []
+    crashing = _config(tmp_path, weights, "relaunched", *local, "failure.inject_at_step=3")
+    with pytest.raises(InjectedFailure):  # local mode: the recipe's own exception, no Ray Train wrapper
+        fit(crashing, on_report=first.append)
+    again: list[dict] = []
+    fit(crashing, on_report=again.append)  # the same command again
+    assert [r["step"] for r in first] == [1, 2, 3] and [r["step"] for r in again] == [4]
+    expected, got = _weights(checkpoints[4]), _weights(list_checkpoints(tmp_path / "relaunched")[4])
+    assert all(torch.equal(expected[k], got[k]) for k in expected), "resumed local-mode weights differ"

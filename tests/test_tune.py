@@ -19,6 +19,10 @@ from vipo.tune.staged import best_path, confirmation_path, trial_overrides
 from vipo.tune.summary import summary_table
 
 
+# The trainables here are plain Python: they hold a sliver of a CPU, like a trial driving Ray Train workers.
+PYTHON_TRIAL = {"CPU": 0.01}
+
+
 def _config(tmp_path, extra=()):
     base = tmp_path / "base.yaml"
     base.write_text("recipe: stage1\n")
@@ -67,7 +71,7 @@ def test_rounds_chain_best_values_and_skip_when_done(tmp_path, ray_local):
         b = json.loads(values.get("b", "0"))
         tune.report({"score": (a - 2) ** 2 + b})
 
-    records = run_staged_search(cfg, trainable=objective).rounds
+    records = run_staged_search(cfg, trainable=objective, resources=PYTHON_TRIAL).rounds
     assert [r["round"] for r in records] == ["r1", "r2"]
     assert records[0]["settled"] == {"a": 2} and records[0]["value"] == 0
     assert records[1]["settled"] == {"a": 2, "c": [5, 6], "b": 0}
@@ -77,7 +81,7 @@ def test_rounds_chain_best_values_and_skip_when_done(tmp_path, ray_local):
     def must_not_run(trial):
         raise AssertionError("a finished round ran again")
 
-    again = run_staged_search(cfg, trainable=must_not_run).rounds
+    again = run_staged_search(cfg, trainable=must_not_run, resources=PYTHON_TRIAL).rounds
     assert [r["settled"] for r in again] == [r["settled"] for r in records]
 
 
@@ -88,7 +92,7 @@ def test_a_round_where_every_trial_fails_names_the_error(tmp_path, ray_local):
         raise ValueError("weights folder missing: /nowhere")
 
     with pytest.raises(RuntimeError, match=r"r1: no trial reported 'score': .*weights folder missing"):
-        run_staged_search(cfg, trainable=broken)
+        run_staged_search(cfg, trainable=broken, resources=PYTHON_TRIAL)
 
 
 def _values(trial: dict) -> dict:
@@ -155,7 +159,7 @@ def _health_aware(trial):
 
 def test_collapsing_trial_is_stopped_marked_failed_and_control_runs(tmp_path, ray_local):
     cfg = _staged(tmp_path, STAGED, ["confirm.top_k=0"])
-    result = run_staged_search(cfg, trainable=_health_aware)
+    result = run_staged_search(cfg, trainable=_health_aware, resources=PYTHON_TRIAL)
     r1, r2 = result.rounds
     trials = {t["config"]["loss.beta"]: t for t in r1["trials"]}
     collapsed = trials[1.0e7]
@@ -222,7 +226,7 @@ def test_confirmation_reruns_the_top_configs_with_fresh_seeds(tmp_path, ray_loca
         (seen / f"{uuid.uuid4().hex}.json").write_text(json.dumps(values))
         _health_aware(trial)
 
-    result = run_staged_search(cfg, trainable=trainable)
+    result = run_staged_search(cfg, trainable=trainable, resources=PYTHON_TRIAL)
     confirmation = result.confirmation
     assert confirmation["seeds"] == [8, 9]
     reruns = [v for v in (json.loads(f.read_text()) for f in seen.iterdir()) if "seed" in v]
@@ -249,9 +253,9 @@ def test_an_interrupted_round_resumes_only_its_unfinished_trials(tmp_path, ray_l
         tune.report({"score": (values["a"] - 3) ** 2 + values.get("b", 0)})
 
     with pytest.raises(RuntimeError, match=r"r1: 1 trial\(s\) failed \(.*worker lost\); rerun the same command"):
-        run_staged_search(cfg, trainable=crashes_once)
+        run_staged_search(cfg, trainable=crashes_once, resources=PYTHON_TRIAL)
     assert not best_path(cfg, cfg.rounds[0]).exists()
-    records = run_staged_search(cfg, trainable=crashes_once).rounds
+    records = run_staged_search(cfg, trainable=crashes_once, resources=PYTHON_TRIAL).rounds
     assert records[0]["settled"] == {"a": 3} and records[1]["settled"] == {"a": 3, "c": [5, 6], "b": 0}
     # a=1 and a=2 had finished before the crash and were not run again; only a=3 was.
     assert [len((tmp_path / f"runs-a{a}").read_text()) for a in (1, 2, 3)] == [1, 1, 2]
@@ -290,3 +294,14 @@ def test_trial_run_names_are_valid_run_names_for_any_value():
     name = trial_run_name("sweep", "r1", {"loss.beta": 1.0e7, "optim.lr": 1e-5, "loss.rho": [0, 100.0, 0]})
     assert name == "sweep-r1-beta_1e07-rho_0_100_0-lr_1e-05"  # sorted by key; no '+' (1e+07)
     assert _RUN_NAME.match(name)  # what the trial's training config accepts as its name
+
+
+def test_a_local_mode_trial_holds_a_workers_resources_a_driving_trial_a_sliver():
+    from vipo.train.config import ScalingSettings
+    from vipo.tune.staged import trial_resources
+
+    assert trial_resources(ScalingSettings(num_workers=0)) == {"CPU": 1.0}
+    assert trial_resources(ScalingSettings(num_workers=0, use_gpu=True)) == {"GPU": 1.0}
+    assert trial_resources(ScalingSettings(num_workers=0, use_gpu=True, resources_per_worker={"CPU": 4})) == {
+        "CPU": 4, "GPU": 1.0}
+    assert trial_resources(ScalingSettings(num_workers=2, use_gpu=True)) == {"CPU": 0.01}

@@ -1,10 +1,12 @@
 """`vipo tune` end to end on tiny stage-3 trials: the validation objective reaches Tune at every checkpoint, and a
 planted collapsing trial (β′ = 1e7) is stopped by the health stopper and marked failed. Kept to one round of two
-3-step trials; the search logic (chaining, control, confirmation, resume) is covered by ``test_tune.py``."""
+3-step trials, trained both ways (local mode and a Ray Train worker); the search logic (chaining, control,
+confirmation, resume) is covered by ``test_tune.py``."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -15,15 +17,23 @@ CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 1], ids=["local-mode", "ray-train-worker"])
 def test_tune_demo_ranks_on_the_validation_delta_and_stops_a_collapsing_trial(
-        tmp_path, ray_local, shards, weights_root, capsys):  # noqa: F811
+        tmp_path, ray_local, shards, weights_root, capsys, workers):  # noqa: F811
+    """Both ways a trial trains: in its own process (local mode, reports straight to Tune) and through a Ray Train
+    worker (reports through ``TuneReportCallback``)."""
     from ray.tune import ExperimentAnalysis, ResultGrid
 
     from jobs import tune
 
+    # Relative paths in the base overrides mean the launch folder inside trials too (Tune would move each trial into
+    # its own folder): the local-mode run passes the shards relative to it (Ray's workers start there).
+    worker_cwd = ray_local.get(ray_local.remote(lambda: os.getcwd()).remote())
+    assert worker_cwd == os.getcwd()
+    shards_arg = os.path.relpath(shards) if workers == 0 else shards
     base = ["optim.max_steps=3", "checkpointing.every_n_steps=1", "validation.every_n_steps=1",
-            "validation.num_inference_steps=1", "scaling.num_workers=1", "export_on_finish=false",
-            f"model.weights_root={weights_root}", "model.tiny_weights_seed=null", f"data.shards={shards}",
+            "validation.num_inference_steps=1", f"scaling.num_workers={workers}", "export_on_finish=false",
+            f"model.weights_root={weights_root}", "model.tiny_weights_seed=null", f"data.shards={shards_arg}",
             "tracking.enabled=false", "optim.lr=1e-3"]
     tune.run(CONFIGS / "tune_demo.yaml", [
         f"output_dir={tmp_path}", "tracking.enabled=false", f"base_overrides={json.dumps(base)}",

@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, PositiveInt, model_validator
 
-from vipo.config import Config, ExistingPath, JobConfig
+from vipo.config import ExistingPath, JobConfig
 from vipo.data.errors import BadSample, SkipLog
 from vipo.data.flow_store import DONE_MARKER, FLOWS_META, atomic_write_bytes, write_video_flows
 from vipo.data.images import encode_image

@@ -55,15 +55,20 @@ def shipped_code_env() -> dict:
 
 #: Ray Train records its runs for the dashboard's Train view only when this is set where the trainer runs.
 TRAIN_STATE_TRACKING = "RAY_TRAIN_ENABLE_STATE_TRACKING"
+#: Tune moves each trial into its own folder unless this is "0"; vipo's trials write only under their configured
+#: output folders, and relative paths in configs and overrides must mean what they meant at launch.
+TRIAL_DIR_CHDIR = "RAY_CHDIR_TO_TRIAL_DIR"
 
 
 def job_env_vars(tracking_uri: str | None) -> dict[str, str]:
-    """The variables every Ray process of the job inherits: the MLflow tracking URI and Train state tracking.
+    """The variables every Ray process of the job inherits: the MLflow tracking URI, Train state tracking, and Tune
+    trials kept in the launch's working directory.
 
     A variable already in this process's environment is left out: a ``ray job submit --runtime-env-json`` job
     carries it to every worker already, and Ray refuses to merge the same key from ``ray.init``.
     """
-    wanted = {TRAIN_STATE_TRACKING: "1", **({"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {})}
+    wanted = {TRAIN_STATE_TRACKING: "1", TRIAL_DIR_CHDIR: "0",
+              **({"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {})}
     return {key: value for key, value in wanted.items() if key not in os.environ}
 
 

@@ -23,6 +23,7 @@ import json
 import os
 import random
 import re
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ __all__ = [
     "fsync_tree",
     "list_checkpoints",
     "mark_complete",
+    "prune_checkpoints",
     "restore_rng",
     "resume_checkpoint",
     "rng_file",
@@ -183,6 +185,14 @@ def list_checkpoints(run_dir: str | Path) -> dict[int, Path]:
         if match and (child / PROGRESS_FILE).is_file():
             found[int(match.group(1))] = child
     return dict(sorted(found.items()))
+
+
+def prune_checkpoints(run_dir: str | Path, keep_last_k: int) -> None:
+    """Delete all but the newest ``keep_last_k`` complete checkpoints of a run folder (what Ray Train's
+    ``CheckpointConfig(num_to_keep)`` does for worker groups; local mode writes the folder itself)."""
+    found = list_checkpoints(run_dir)
+    for step in list(found)[:-keep_last_k]:
+        shutil.rmtree(found[step])
 
 
 def find_checkpoint(run_dir: str | Path, step: int | str = "latest") -> Path:

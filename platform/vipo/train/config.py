@@ -36,7 +36,9 @@ Precision = Literal["fp32", "bf16", "fp16"]
 
 
 class ScalingSettings(Config):
-    """Ray Train workers. ``num_workers: 0`` is Ray Train's local mode (no actors; debugging)."""
+    """Ray Train workers. ``num_workers: 0`` is Ray Train's local mode: the launching process trains as the only
+    rank (no actors to start; a Tune trial then trains in its own, reusable, process), checkpoints go straight to
+    the run folder."""
 
     num_workers: int = Field(default=2, ge=0)
     use_gpu: bool = False
@@ -247,6 +249,9 @@ class TrainConfig(JobConfig):
     def _consistent(self) -> "TrainConfig":
         if self.deepspeed.enabled and not self.scaling.use_gpu:
             raise ValueError("deepspeed.enabled needs scaling.use_gpu: true (the CPU path is plain DDP/gloo)")
+        if self.deepspeed.enabled and self.scaling.num_workers == 0:
+            raise ValueError("deepspeed.enabled needs scaling.num_workers >= 1 (DeepSpeed runs in Ray Train's process "
+                             "group; local mode has none)")
         if self.precision == "fp16" and not self.scaling.use_gpu:
             raise ValueError("precision fp16 needs GPUs; use fp32 or bf16 on CPU")
         return self

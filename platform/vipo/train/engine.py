@@ -68,6 +68,14 @@ class WorkerContext:
         return cls(ctx.get_world_rank(), ctx.get_world_size(), ctx.get_local_rank(), ray.train.torch.get_device(),
                    in_ray=True)
 
+    @classmethod
+    def local(cls, use_gpu: bool) -> "WorkerContext":
+        """Ray Train's local mode (``scaling.num_workers: 0``): the calling process is the only rank."""
+        if use_gpu and not torch.cuda.is_available():
+            raise RuntimeError("scaling.use_gpu is true but this process sees no CUDA device; set scaling.use_gpu: "
+                               "false or run where a GPU is visible")
+        return cls(device=torch.device("cuda", 0) if use_gpu else torch.device("cpu"))
+
     @property
     def is_main(self) -> bool:
         return self.rank == 0

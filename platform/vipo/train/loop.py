@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Protocol
+from typing import Any, Callable, ClassVar, Mapping, Protocol
 
 import numpy as np
 import torch
@@ -37,6 +37,7 @@ from vipo.train.checkpointing import (
     capture_rng,
     checkpoint_dir_name,
     mark_complete,
+    prune_checkpoints,
     restore_rng,
     resume_checkpoint,
     rng_file,
@@ -69,6 +70,8 @@ class Recipe(Protocol):
     validation: Any
     #: Injected by :func:`run_recipe`; scores the validation clips (None: strips only).
     scorer: ClipScorer | None
+    #: Injected by :func:`run_recipe`; receives every report in local mode (e.g. ``ray.tune.report``).
+    on_report: Callable[[dict], None] | None
 
     @classmethod
     def prepare(cls, cfg: TrainConfig) -> None:
@@ -187,6 +190,10 @@ class TrainLoop:
             self._train()
             finished = not self.stopped_early
             out = self._export() if finished and self.cfg.export_on_finish and self.ctx.is_main else None
+        except SystemExit:
+            # Ray Tune ends a local-mode trial it stops (a stopper, ASHA) with SystemExit inside its report call.
+            self.logger.close("KILLED")
+            raise
         except BaseException:
             self.logger.close("FAILED")
             raise
@@ -320,27 +327,34 @@ class TrainLoop:
                 if self.logger.run_id is not None and self.logger.tracking_uri is not None:
                     write_run_id(directory, self.logger.run_id, self.logger.tracking_uri)
             self._report(dict(metrics, step=step), directory, checkpoint_dir_name(step))
+
+    def _report(self, metrics: dict, directory: Path | None, name: str | None) -> None:
+        """Report ``metrics`` with the checkpoint in ``directory`` (None: metrics only): to Ray Train from a
+        worker group, else (local mode) into the run folder and to ``recipe.on_report``."""
+        if not self.ctx.in_ray:
+            if directory is not None:
+                target = self.cfg.run_dir / name
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(directory, target)
+                mark_complete(target, self.progress)
+                prune_checkpoints(self.cfg.run_dir, self.cfg.checkpointing.keep_last_k)
+                metrics = {**metrics, "checkpoint_path": str(target)}
+            on_report = getattr(self.recipe, "on_report", None)
+            if on_report is not None:
+                on_report(metrics)
+            return
+        import ray.train
+
+        if directory is None:
+            ray.train.report(metrics)
+            return
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
+                         checkpoint_dir_name=name)
         # Every rank's part is in the run folder once every rank is back from report(): only then is it complete.
         if self.ctx.world_size > 1:
             dist.barrier()
         if self.ctx.is_main:
-            mark_complete(self.cfg.run_dir / checkpoint_dir_name(step), self.progress)
-
-    def _report(self, metrics: dict, directory: Path | None, name: str | None) -> None:
-        """Report ``metrics`` to Ray Train with the checkpoint in ``directory`` (None: metrics only)."""
-        if self.ctx.in_ray:
-            import ray.train
-
-            if directory is None:
-                ray.train.report(metrics)
-                return
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(directory)),
-                             checkpoint_dir_name=name)
-        elif directory is not None:
-            # Outside Ray Train (a single process: tests, debugging) the run folder is written directly.
-            target = self.cfg.run_dir / name
-            shutil.rmtree(target, ignore_errors=True)
-            shutil.copytree(directory, target)
+            mark_complete(self.cfg.run_dir / name, self.progress)
 
     def _restore(self, checkpoint: Path) -> None:
         self.engine.load_state(checkpoint)
@@ -409,18 +423,27 @@ class TrainLoop:
         return out
 
 
-def run_recipe(recipe_cls: type[Recipe], config: dict, scorer: ClipScorer | None = None) -> None:
-    """The body of every recipe's Ray Train function: validate, restore, setup → train → cleanup. It resumes from
-    the newest complete checkpoint of Ray's record and the run folder's (:func:`resume_checkpoint`). ``scorer``
-    judges the validation clips (see :mod:`vipo.train.validation`)."""
+def run_recipe(recipe_cls: type[Recipe], config: dict, scorer: ClipScorer | None = None,
+               on_report: Callable[[dict], None] | None = None) -> None:
+    """The Ray Train function of every recipe (``partial(run_recipe, recipe_cls, ...)``): validate, restore,
+    setup → train → cleanup. It resumes from the newest complete checkpoint of Ray's record and the run folder's
+    (:func:`resume_checkpoint`). ``scorer`` judges the validation clips (see :mod:`vipo.train.validation`).
+
+    In local mode (``scaling.num_workers: 0``) Ray Train keeps neither checkpoints nor reports, so the loop writes
+    checkpoints into the run folder itself and hands every report (with ``checkpoint_path``, as Ray Tune's
+    ``TuneReportCallback`` does) to ``on_report``."""
     import ray.train
 
     cfg = validate_config(recipe_cls.config_class, config, "<train config>")
-    ctx = WorkerContext.from_ray()
-    ray_checkpoint = ray.train.get_checkpoint()
+    if cfg.scaling.num_workers:
+        ctx = WorkerContext.from_ray()
+        ray_checkpoint = ray.train.get_checkpoint()
+    else:
+        ctx, ray_checkpoint = WorkerContext.local(cfg.scaling.use_gpu), None
     seed_global_rngs(cfg.seed, ctx.rank)  # setup's draws (model init) repeat too
     recipe = recipe_cls(cfg, ctx)
     recipe.scorer = scorer
+    recipe.on_report = on_report
     try:
         with ray_checkpoint.as_directory() if ray_checkpoint else contextlib.nullcontext() as directory:
             recipe.setup(resume_checkpoint(cfg.run_dir, directory))

@@ -2,8 +2,9 @@
 
 Round k+1 starts from round k's best values (recorded in ``<output_dir>/<name>/best_<round>.json``), so a rerun
 skips finished rounds and an interrupted round (a trial that crashed, a killed driver) is restored with
-``Tuner.restore``, rerunning only its unfinished trials. Trials forward every training report to Tune
-(``TuneReportCallback``), so ASHA judges the validation objective at each checkpoint and the health stopper
+``Tuner.restore``, rerunning only its unfinished trials. Trials forward every training report to Tune (through
+``TuneReportCallback`` from Ray Train workers; directly in local mode, where the reused trial process trains), so
+ASHA judges the validation objective at each checkpoint and the health stopper
 (:mod:`vipo.tune.stoppers`) ends trials the DPO monitor flags. The SFT-only control and the multi-seed
 confirmation (:mod:`vipo.tune.confirm`) are Tune experiments of their own beside the rounds'. MLflow lineage
 (sweep → round → trial runs, names, best-trial tag) is in :mod:`vipo.tune.lineage`.
@@ -34,7 +35,7 @@ from vipo.tune.summary import summary_table
 if TYPE_CHECKING:
     from ray.tune import ResultGrid
 
-    from vipo.train.config import TrainConfig
+    from vipo.train.config import ScalingSettings, TrainConfig
     from vipo.train.validation import ClipScorer
 
 __all__ = [
@@ -46,13 +47,21 @@ __all__ = [
     "search_space",
     "train_trial",
     "trial_overrides",
+    "trial_resources",
 ]
 
 SFT_ONLY_ALPHA = [0.0, 0.0, 0.0]
 
 log = logging.getLogger(__name__)
 
-Trainable = Callable[[dict], None]
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """A trial's function (called with the trial's config) and the Ray resources one trial holds."""
+
+    fn: Callable[[dict], None]
+    resources: dict[str, float]
 
 
 def search_space(round_cfg: RoundConfig) -> dict[str, Any]:
@@ -82,14 +91,36 @@ def trial_overrides(base_overrides: list[str], settled: dict[str, Any], trial: d
 
 def train_trial(trial: dict, scorer_factory: Callable[["TrainConfig"], "ClipScorer"] | None = None) -> None:
     """The Tune trainable: fit the base recipe with the trial's overrides, forwarding its reports to Tune.
-    ``scorer_factory`` builds the validation scorer from the trial's config (the jobs layer passes evaluation's)."""
+    ``scorer_factory`` builds the validation scorer from the trial's config (the jobs layer passes evaluation's).
+
+    With Ray Train workers (``scaling.num_workers`` ≥ 1) ``TuneReportCallback`` forwards their reports; in local
+    mode the trial's own process trains and reports straight to Tune, with no actors to start per trial."""
+    from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from vipo.train.config import load_train_config
     from vipo.train.runner import fit
 
     cfg = load_train_config(trial["_base_config"], trial["_overrides"])
-    fit(cfg, callbacks=[TuneReportCallback()], scorer=scorer_factory(cfg) if scorer_factory else None)
+    scorer = scorer_factory(cfg) if scorer_factory else None
+    if cfg.scaling.num_workers:
+        fit(cfg, callbacks=[TuneReportCallback()], scorer=scorer)
+    else:
+        fit(cfg, scorer=scorer, on_report=tune.report)
+
+
+def trial_resources(scaling: "ScalingSettings") -> dict[str, float]:
+    """What one :func:`train_trial` holds (Ray resource names) for the base config's ``scaling``. In local mode
+    (``num_workers: 0``) the trial trains itself: one Ray Train worker's resources. Otherwise it only drives its
+    TorchTrainer, whose workers hold the CPUs/GPUs: a whole CPU held by each driver would let fewer trials run at
+    once than the workers' resources allow (Ray refuses an empty request, hence 0.01 CPU)."""
+    if scaling.num_workers:
+        return {"CPU": 0.01}
+    # Ray Train's defaults for one worker: a CPU, or a GPU (and no CPU) with use_gpu.
+    resources = dict(scaling.resources_per_worker or ({"GPU": 1.0} if scaling.use_gpu else {"CPU": 1.0}))
+    if scaling.use_gpu:
+        resources.setdefault("GPU", 1.0)
+    return resources
 
 
 def best_path(cfg: TuneConfig, round_cfg: RoundConfig) -> Path:
@@ -122,7 +153,7 @@ def _write_json(path: Path, record: dict) -> None:
     tmp.replace(path)
 
 
-def _fit(cfg: TuneConfig, experiment: str, space: dict, overrides: Callable[[dict], list[str]], trainable: Trainable,
+def _fit(cfg: TuneConfig, experiment: str, space: dict, overrides: Callable[[dict], list[str]], trainable: TrialSpec,
          parent_run: RunLogger, *, num_samples: int = 1, scheduler=None) -> "ResultGrid":
     """One Tune experiment under ``<output_dir>/<name>/<experiment>``, restored when it was interrupted; trials get
     ``overrides(trial)`` plus their lineage (folder, run name, parent ``parent_run``) and are stopped by the health
@@ -142,13 +173,11 @@ def _fit(cfg: TuneConfig, experiment: str, space: dict, overrides: Callable[[dic
     def with_overrides(trial: dict) -> None:
         lineage = trial_lineage_overrides(cfg, experiment, searched(trial), tune.get_context().get_trial_id(),
                                           parent_run.run_id)
-        trainable({**trial, "_base_config": base_config, "_overrides": [*overrides(trial), *lineage]})
+        trainable.fn({**trial, "_base_config": base_config, "_overrides": [*overrides(trial), *lineage]})
 
     # Ray names the trainable's actors after the function: the dashboard then shows the sweep and experiment.
     with_overrides.__name__ = with_overrides.__qualname__ = f"{cfg.name}-{experiment}"
-    # A trial only drives its TorchTrainer, whose workers hold the CPUs/GPUs: a whole CPU held by each driver would
-    # let fewer trials run at once than the workers' resources allow (Ray refuses an empty request, hence 0.01).
-    driver = tune.with_resources(with_overrides, {"cpu": 0.01})
+    driver = tune.with_resources(with_overrides, tune.PlacementGroupFactory([trainable.resources]))
     storage = sweep_dir(cfg)
     path = storage / experiment
     if tune.Tuner.can_restore(str(path)):
@@ -163,6 +192,8 @@ def _fit(cfg: TuneConfig, experiment: str, space: dict, overrides: Callable[[dic
                 mode=cfg.mode,
                 num_samples=num_samples,
                 max_concurrent_trials=cfg.max_concurrent_trials,
+                # A trial's process is reused by the next: its imports (torch, diffusers, peft) are paid once.
+                reuse_actors=True,
                 scheduler=scheduler,
                 trial_name_creator=lambda trial: trial_run_name(cfg.name, experiment, searched(trial.config)),
             ),
@@ -204,7 +235,7 @@ def _ranked(trials: list[dict], mode: str) -> list[dict]:
     return sorted(judged, key=lambda t: t["value"], reverse=mode == "max")
 
 
-def _run_round(cfg: TuneConfig, round_cfg: RoundConfig, settled: dict[str, Any], trainable: Trainable,
+def _run_round(cfg: TuneConfig, round_cfg: RoundConfig, settled: dict[str, Any], trainable: TrialSpec,
                round_run: RunLogger) -> dict:
     from ray.tune.schedulers import ASHAScheduler
 
@@ -242,7 +273,7 @@ def _run_round(cfg: TuneConfig, round_cfg: RoundConfig, settled: dict[str, Any],
     }
 
 
-def _run_control(cfg: TuneConfig, record: dict, trainable: Trainable, round_run: RunLogger) -> dict:
+def _run_control(cfg: TuneConfig, record: dict, trainable: TrialSpec, round_run: RunLogger) -> dict:
     """The SFT-only control (roadmap step 5): the round's best config with α ≡ 0, the same ρ. Adds ``control`` and
     ``control_beats_best`` to ``record``."""
     rho = record["settled"].get("loss.rho")
@@ -259,7 +290,7 @@ def _run_control(cfg: TuneConfig, record: dict, trainable: Trainable, round_run:
     return {**record, "control": control, "control_beats_best": bool(beats)}
 
 
-def _run_confirmation(cfg: TuneConfig, last: dict, trainable: Trainable, sweep_run: RunLogger) -> dict:
+def _run_confirmation(cfg: TuneConfig, last: dict, trainable: TrialSpec, sweep_run: RunLogger) -> dict:
     """Retrain the last round's top-k healthy configs with ``confirm.num_seeds`` fresh seeds; choose by interval."""
     from ray import tune
 
@@ -301,8 +332,16 @@ def describe_confirmation(record: dict) -> str:
     return "\n".join(lines)
 
 
-def run_staged_search(cfg: TuneConfig, trainable: Trainable = train_trial) -> SearchResult:
-    """Run every round in order (skipping rounds whose best file exists), the control and the confirmation."""
+def run_staged_search(cfg: TuneConfig, trainable: Callable[[dict], None] = train_trial,
+                      resources: dict[str, float] | None = None) -> SearchResult:
+    """Run every round in order (skipping rounds whose best file exists), the control and the confirmation.
+    ``trainable`` trains one trial (its config: the searched values, ``_base_config`` and ``_overrides``) holding
+    ``resources`` (default: :func:`trial_resources` of the base config, what :func:`train_trial` needs)."""
+    if resources is None:
+        from vipo.train.config import load_train_config
+
+        resources = trial_resources(load_train_config(cfg.base_config, cfg.base_overrides).scaling)
+    spec = TrialSpec(trainable, resources)
     init_ray(cfg.ray, launch_tracking_uri(cfg.tracking, cfg.output_dir))
     logger = open_sweep_run(cfg)
     settled: dict[str, Any] = {}
@@ -316,9 +355,9 @@ def run_staged_search(cfg: TuneConfig, trainable: Trainable = train_trial) -> Se
             else:
                 round_run = open_round_run(cfg, round_cfg, logger)
                 try:
-                    record = _run_round(cfg, round_cfg, settled, trainable, round_run)
+                    record = _run_round(cfg, round_cfg, settled, spec, round_run)
                     if round_cfg is cfg.control_round:
-                        record = _run_control(cfg, record, trainable, round_run)
+                        record = _run_control(cfg, record, spec, round_run)
                 except BaseException:
                     round_run.close("FAILED")
                     raise
@@ -335,7 +374,7 @@ def run_staged_search(cfg: TuneConfig, trainable: Trainable = train_trial) -> Se
             if path.exists():
                 confirmation = json.loads(path.read_text())
             else:
-                confirmation = _run_confirmation(cfg, records[-1], trainable, logger)
+                confirmation = _run_confirmation(cfg, records[-1], spec, logger)
                 _write_json(path, confirmation)
             logger.log_text(json.dumps(confirmation, indent=2, default=str), "confirmation.json")
             log.info("%s", describe_confirmation(confirmation))

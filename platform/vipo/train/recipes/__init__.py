@@ -1,8 +1,8 @@
 """The recipe registry: a config's ``recipe:`` value → ``"module:Class"``.
 
-Adding a recipe is one file in this folder (a class following :class:`vipo.train.loop.Recipe`, its config class
-as ``config_class``, and a module-level ``train_fn(config: dict)`` that calls :func:`vipo.train.loop.run_recipe`)
-plus one line here. Entries are import strings so that validating a config does not import every recipe.
+Adding a recipe is one file in this folder (a class following :class:`vipo.train.loop.Recipe`, with its config
+class as ``config_class``; Ray Train runs it through :func:`vipo.train.loop.run_recipe`) plus one line here.
+Entries are import strings so that validating a config does not import every recipe.
 """
 
 from __future__ import annotations

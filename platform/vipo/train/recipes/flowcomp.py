@@ -25,8 +25,7 @@ from vipo.models.propainter import RecurrentFlowCompleteNet
 from vipo.pipelines.propainter import WEIGHT_FILES
 from vipo.train.checkpointing import WEIGHTS_DIR
 from vipo.train.engine import WorkerContext, build_engine
-from vipo.train.loop import TrainLoop, run_recipe
-from vipo.train.validation import ClipScorer
+from vipo.train.loop import TrainLoop
 from vipo.train.propainter import (
     ProPainterTrainConfig,
     batch_flows,
@@ -39,7 +38,7 @@ from vipo.train.propainter import (
     validation_samples,
 )
 
-__all__ = ["FlowCompletionConfig", "FlowCompletionRecipe", "train_fn"]
+__all__ = ["FlowCompletionConfig", "FlowCompletionRecipe"]
 
 RFC_FILE = WEIGHT_FILES["flow_completion"]
 
@@ -136,9 +135,3 @@ class FlowCompletionRecipe:
             self.__dict__.pop(name, None)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-def train_fn(config: dict, scorer: ClipScorer | None = None) -> None:
-    """The function Ray Train runs on every worker (``scorer``: see :mod:`vipo.train.validation`; this recipe
-    scores its own validation, so it goes unused)."""
-    run_recipe(FlowCompletionRecipe, config, scorer)

@@ -39,8 +39,7 @@ from vipo.train.adversarial import AdversarialEngine, frozen
 from vipo.train.checkpointing import WEIGHTS_DIR
 from vipo.train.config import OptimSettings
 from vipo.train.engine import WorkerContext
-from vipo.train.loop import TrainLoop, run_recipe
-from vipo.train.validation import ClipScorer
+from vipo.train.loop import TrainLoop
 from vipo.train.propainter import (
     ProPainterTrainConfig,
     batch_flows,
@@ -55,7 +54,7 @@ from vipo.train.propainter import (
     validation_samples,
 )
 
-__all__ = ["DISCRIMINATOR_FILE", "ProPainterLossSettings", "ProPainterRecipe", "ProPainterRecipeConfig", "train_fn"]
+__all__ = ["DISCRIMINATOR_FILE", "ProPainterLossSettings", "ProPainterRecipe", "ProPainterRecipeConfig"]
 
 GENERATOR_FILE = WEIGHT_FILES["generator"]
 DISCRIMINATOR_FILE = "discriminator.pth"
@@ -211,9 +210,3 @@ class ProPainterRecipe:
             self.__dict__.pop(name, None)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-def train_fn(config: dict, scorer: ClipScorer | None = None) -> None:
-    """The function Ray Train runs on every worker (``scorer``: see :mod:`vipo.train.validation`; this recipe
-    scores its own validation, so it goes unused)."""
-    run_recipe(ProPainterRecipe, config, scorer)

@@ -31,10 +31,9 @@ from vipo.train.diffueraser import (
     load_models,
 )
 from vipo.train.engine import build_engine
-from vipo.train.loop import TrainLoop, run_recipe
-from vipo.train.validation import ClipScorer
+from vipo.train.loop import TrainLoop
 
-__all__ = ["Stage1Config", "Stage1Recipe", "train_fn"]
+__all__ = ["Stage1Config", "Stage1Recipe"]
 
 
 class Stage1Config(FinetuneTrainConfig):
@@ -86,8 +85,3 @@ class Stage1Recipe(DiffuEraserRecipe):
         """``unet_main/`` (UNet2DConditionModel) and ``brushnet/``: the checkpoint's folders as they are."""
         for name in ("unet_main", "brushnet"):
             shutil.copytree(checkpoint / WEIGHTS_DIR / name, out_dir / name, dirs_exist_ok=True)
-
-
-def train_fn(config: dict, scorer: ClipScorer | None = None) -> None:
-    """The function Ray Train runs on every worker (``scorer``: see :mod:`vipo.train.validation`)."""
-    run_recipe(Stage1Recipe, config, scorer)

@@ -33,10 +33,9 @@ from vipo.train.diffueraser import (
 )
 from vipo.train.engine import build_engine
 from vipo.train.export import MOTION_ADAPTER_DIR
-from vipo.train.loop import TrainLoop, run_recipe
-from vipo.train.validation import ClipScorer
+from vipo.train.loop import TrainLoop
 
-__all__ = ["Stage2Config", "Stage2Recipe", "train_fn"]
+__all__ = ["Stage2Config", "Stage2Recipe"]
 
 
 class Stage2Config(FinetuneTrainConfig):
@@ -95,8 +94,3 @@ class Stage2Recipe(DiffuEraserRecipe):
         unet.save_pretrained(out_dir / "unet_main")
         brushnet.save_pretrained(out_dir / "brushnet")
         shutil.copytree(motion, out_dir / MOTION_ADAPTER_DIR, dirs_exist_ok=True)
-
-
-def train_fn(config: dict, scorer: ClipScorer | None = None) -> None:
-    """The function Ray Train runs on every worker (``scorer``: see :mod:`vipo.train.validation`)."""
-    run_recipe(Stage2Recipe, config, scorer)

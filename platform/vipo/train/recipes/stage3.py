@@ -53,10 +53,9 @@ from vipo.train.dpo_models import (
 )
 from vipo.train.dpo_step import inversion_noise, pair_predictions, preference_inputs
 from vipo.train.engine import WorkerContext, build_engine
-from vipo.train.loop import TrainLoop, run_recipe
-from vipo.train.validation import ClipScorer
+from vipo.train.loop import TrainLoop
 
-__all__ = ["ShardValidationClips", "Stage3Config", "Stage3Recipe", "train_fn"]
+__all__ = ["ShardValidationClips", "Stage3Config", "Stage3Recipe"]
 
 LATENT_FACTOR = 8
 
@@ -179,8 +178,3 @@ class Stage3Recipe(DiffuEraserRecipe):
         """``unet_main/`` (LoRA merged), ``brushnet/``, and ``lora/`` or ``motion_adapter/`` (see
         :func:`vipo.train.dpo_models.export_policy`)."""
         export_policy(cfg.model, cfg.tuning, checkpoint / WEIGHTS_DIR, out_dir)
-
-
-def train_fn(config: dict, scorer: ClipScorer | None = None) -> None:
-    """The function Ray Train runs on every worker (``scorer``: see :mod:`vipo.train.validation`)."""
-    run_recipe(Stage3Recipe, config, scorer)

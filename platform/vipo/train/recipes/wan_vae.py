@@ -39,10 +39,9 @@ from vipo.train.checkpointing import WEIGHTS_DIR, atomic_save
 from vipo.train.config import GuardSettings, OptimSettings, TrainConfig
 from vipo.train.ema import WeightEMA
 from vipo.train.engine import WorkerContext, build_engine
-from vipo.train.loop import TrainLoop, run_recipe
-from vipo.train.validation import ClipScorer
+from vipo.train.loop import TrainLoop
 
-__all__ = ["WanVaeConfig", "WanVaeLossConfig", "WanVaeModelSettings", "WanVaeRecipe", "linear_ramp", "train_fn"]
+__all__ = ["WanVaeConfig", "WanVaeLossConfig", "WanVaeModelSettings", "WanVaeRecipe", "linear_ramp"]
 
 VGG16_CHECKPOINT = "vgg16-397923af.pth"  # torchvision's file name for the ImageNet VGG-16 (its hub cache name)
 ORIGINAL_FILE = "Wan2.1_VAE.pth"
@@ -307,9 +306,3 @@ class WanVaeRecipe:
             self.__dict__.pop(name, None)
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-def train_fn(config: dict, scorer: ClipScorer | None = None) -> None:
-    """The function Ray Train runs on every worker (``scorer``: see :mod:`vipo.train.validation`; this recipe
-    scores its own validation, so it goes unused)."""
-    run_recipe(WanVaeRecipe, config, scorer)
