@@ -94,10 +94,9 @@ def run(output_dir: Path) -> None:
     timings["stage3"] = time.perf_counter() - start
 
     start = _step(6, "tune (round 1 of the staged search: a healthy trial and a planted collapsing one; Ray Tune)")
-    # The demo's paths join the sweep's own trial settings (short runs, one worker). Only round 1 runs: every trial
-    # is a whole Ray Train run (~4 CPU-minutes on a 2-core CI box), and the 13 trials of all four rounds, the
-    # SFT-only control and the confirmation would more than double the demo's time;
-    # `vipo tune jobs/configs/tune_demo.yaml` runs them.
+    # The demo's paths join the sweep's own trial settings (short local-mode runs). Only round 1 runs, to keep the
+    # demo's output short: `vipo tune jobs/configs/tune_demo.yaml` runs all four rounds, the SFT-only control and
+    # the confirmation (13 trials, ~5 min on 2 cores).
     sweep = yaml.safe_load((CONFIGS / "tune_demo.yaml").read_text())
     tune.run(
         CONFIGS / "tune_demo.yaml",
