@@ -79,6 +79,9 @@ class MlflowServer:
             [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
              "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
              "--artifacts-destination", str(self.artifacts_root)],
+            # MLflow's job runner (7 polling huey processes, for its GenAI features) would take a quarter of a core
+            # for the rest of the test session; vipo uses none of its jobs.
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
         try:  # minutes on a loaded machine; a server that never answers is not left running
             wait_for(lambda: http_ok(f"{self.uri}/health"), 360, "mlflow server", log)

@@ -24,7 +24,7 @@ from vipo.tracking import (
     resolve_tracking_uri,
     run_identity,
 )
-from vipo.tracking.ray_session import shipped_code_env
+from vipo.tracking.ray_session import TRIAL_DIR_CHDIR, shipped_code_env
 
 
 def test_identity_records_config_code_data_parent(tmp_path):
@@ -97,12 +97,13 @@ def ray_init_calls(monkeypatch) -> list[dict]:
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kwargs: calls.append(kwargs))
     environ = {k: v for k, v in os.environ.items()
-               if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_TRAIN_ENABLE_STATE_TRACKING")}
+               if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "RAY_TRAIN_ENABLE_STATE_TRACKING", TRIAL_DIR_CHDIR)}
     monkeypatch.setattr(os, "environ", environ)  # init_ray sets variables for the trainer: keep them here
     return calls
 
 
 STATE_TRACKING = {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}
+TRIALS_IN_LAUNCH_DIR = {TRIAL_DIR_CHDIR: "0"}  # Tune trials keep the launch's working directory
 
 
 _WHERE = ("address", "num_cpus", "num_gpus", "include_dashboard")
@@ -123,8 +124,10 @@ def test_init_ray_address_from_config_beats_environment(ray_init_calls, monkeypa
     init_ray(RayConfig())
     init_ray(RayConfig(address="ray://config-head:10001"))
     shipped = shipped_code_env()
+    shipped["env_vars"] = {**shipped.get("env_vars", {}), **TRIALS_IN_LAUNCH_DIR}
     local, *joined = ray_init_calls
     assert {k: local[k] for k in _WHERE if k in local} == {"num_cpus": 3, "num_gpus": 1, "include_dashboard": False}
+    assert local["runtime_env"]["env_vars"][TRIAL_DIR_CHDIR] == "0"
     assert [(call["address"], call["runtime_env"]) for call in joined] == [("ray://env-head:10001", shipped),
                                                                           ("ray://config-head:10001", shipped)]
 
@@ -135,7 +138,8 @@ def test_init_ray_hands_the_tracking_uri_to_every_worker(ray_init_calls):
     os.environ["MLFLOW_TRACKING_URI"] = "http://mlflow:5000"
     init_ray(RayConfig(address="ray://head:10001"), "http://mlflow:5000")
     first, second = (call["runtime_env"].get("env_vars", {}) for call in ray_init_calls)
-    assert first == {**shipped_code_env().get("env_vars", {}), **STATE_TRACKING, "MLFLOW_TRACKING_URI": "http://mlflow:5000"}
+    assert first == {**shipped_code_env().get("env_vars", {}), **STATE_TRACKING, **TRIALS_IN_LAUNCH_DIR,
+                     "MLFLOW_TRACKING_URI": "http://mlflow:5000"}
     assert "MLFLOW_TRACKING_URI" not in second and "RAY_TRAIN_ENABLE_STATE_TRACKING" not in second
 
 

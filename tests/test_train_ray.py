@@ -87,20 +87,27 @@ def test_killed_run_relaunched_ends_bitwise_equal_to_an_uninterrupted_run(ray_lo
 
 
 def test_local_mode_keeps_the_run_folder_itself_and_hands_every_report_to_on_report(ray_local, tmp_path):
-    """``scaling.num_workers: 0`` (Ray Train's local mode keeps neither checkpoints nor reports): the loop writes
-    complete checkpoints into the run folder, prunes them to ``keep_last_k``, passes each report with its
-    ``checkpoint_path`` to ``on_report``, and a relaunch resumes there, ending where an uninterrupted run ends."""
-    from vipo.train.runner import build_trainer
+    """``scaling.num_workers: 0`` (Ray Train's local mode keeps neither checkpoints nor reports, nor calls
+    callbacks): the loop writes complete checkpoints into the run folder, prunes them to ``keep_last_k``, passes
+    each report with its ``checkpoint_path`` to ``on_report`` and the callbacks, and a relaunch resumes there,
+    ending where an uninterrupted run ends."""
+    from ray.train import UserCallback
+
+    class Recorder(UserCallback):  # what Ray Train's controller would call with a worker group's reports
+        def __init__(self):
+            self.calls = []
+
+        def after_report(self, run_context, metrics, checkpoint):
+            self.calls.append((metrics[0]["step"], checkpoint.path if checkpoint else None))
 
     weights = tmp_path / "weights"
     write_tiny_weights(weights, seed=0)
     local = ("scaling.num_workers=0", "checkpointing.every_n_steps=1")
-    with pytest.raises(ValueError, match="no callbacks in local mode"):
-        build_trainer(_config(tmp_path, weights, "x", *local), callbacks=[object()])
-
     straight: list[dict] = []
-    fit(_config(tmp_path, weights, "straight", *local), on_report=straight.append)
+    recorder = Recorder()
+    fit(_config(tmp_path, weights, "straight", *local), callbacks=[recorder], on_report=straight.append)
     run_dir = tmp_path / "straight"
+    assert recorder.calls == [(r["step"], r["checkpoint_path"]) for r in straight]
     assert [r["step"] for r in straight] == [1, 2, 3, 4]
     assert [Path(r["checkpoint_path"]).name for r in straight] == [f"checkpoint-{s:08d}" for s in (1, 2, 3, 4)]
     assert all(r["checkpoint_path"].startswith(str(run_dir)) and "loss" in r for r in straight)

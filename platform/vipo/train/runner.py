@@ -35,14 +35,15 @@ def build_trainer(cfg: TrainConfig, callbacks: Sequence["UserCallback"] = (), sc
     name=run name, CheckpointConfig(num_to_keep=K), FailureConfig(max_failures)))`` for ``cfg``; ``callbacks``
     go to the ``RunConfig`` (a Tune trial passes ``TuneReportCallback`` so each training report reaches Tune);
     ``scorer`` (not set up yet) travels to the workers with the training function and judges validation clips;
-    ``on_report`` receives the reports in local mode, where Ray Train runs no callbacks."""
+    ``on_report`` receives the reports in local mode, where Ray Train runs no callbacks: there the callbacks'
+    ``after_report`` is called from the training loop instead, with each report and its checkpoint."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from vipo.train.loop import run_recipe
 
     if callbacks and not cfg.scaling.num_workers:
-        raise ValueError("Ray Train runs no callbacks in local mode (scaling.num_workers: 0); pass on_report instead")
+        on_report, callbacks = _calling_callbacks(callbacks, on_report), ()
     return TorchTrainer(
         partial(run_recipe, get_recipe(cfg.recipe), scorer=scorer, on_report=on_report),
         train_loop_config=dump_config(cfg),
@@ -59,6 +60,22 @@ def build_trainer(cfg: TrainConfig, callbacks: Sequence["UserCallback"] = (), sc
             callbacks=list(callbacks),
         ),
     )
+
+
+def _calling_callbacks(callbacks: Sequence["UserCallback"],
+                       on_report: Callable[[dict], None] | None) -> Callable[[dict], None]:
+    """A local-mode report handler that does what Ray Train's controller does with a worker group's reports: call
+    every callback's ``after_report`` (one rank's metrics, the checkpoint in the run folder), then ``on_report``."""
+    from ray.train import Checkpoint
+
+    def report(metrics: dict) -> None:
+        checkpoint = Checkpoint(metrics["checkpoint_path"]) if "checkpoint_path" in metrics else None
+        for callback in callbacks:
+            callback.after_report(run_context=None, metrics=[metrics], checkpoint=checkpoint)
+        if on_report is not None:
+            on_report(metrics)
+
+    return report
 
 
 def fit(cfg: TrainConfig, callbacks: Sequence["UserCallback"] = (), scorer: ClipScorer | None = None,
