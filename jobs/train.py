@@ -12,17 +12,22 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from evaluation.checkpoints import evaluating_checkpoints, plan_checkpoint_evaluation
-from evaluation.scoring import Scorer, ScoringConfig
 from vipo.config import validate_config
-from vipo.tracking import read_run_id, resolve_tracking_uri
 from vipo.train.config import TrainConfig, load_train_config
+
+if TYPE_CHECKING:
+    from evaluation.scoring import Scorer
+
+# evaluation, the recipes and Ray are imported only once the train config is valid: a wrong key is reported in
+# seconds, not after the ~30 s diffusers, transformers and peft take to import.
 
 
 def validation_scorer(cfg: TrainConfig, source: str = "<train config>") -> Scorer | None:
     """evaluation's scorer for ``cfg.validation.scoring`` (None when validation is off or the recipe scores its own
     validation); a bad key or missing LPIPS / RAFT weights is a one-line error here, before any worker starts."""
+    from evaluation.scoring import Scorer, ScoringConfig
     from vipo.train.recipes import get_recipe
 
     if cfg.validation.every_n_steps is None or not getattr(get_recipe(cfg.recipe), "uses_validation_gate", False):
@@ -35,10 +40,13 @@ def validation_scorer(cfg: TrainConfig, source: str = "<train config>") -> Score
 def run(config_path: str | Path, overrides: list[str]) -> None:
     """Validate the config (one-line ``ConfigError`` on any problem), then build the trainer and fit."""
     cfg = load_train_config(config_path, overrides)
-    scorer = validation_scorer(cfg, str(config_path))
-    checkpoint_evaluation = plan_checkpoint_evaluation(cfg, str(config_path))
+    from evaluation.checkpoints import evaluating_checkpoints, plan_checkpoint_evaluation
+    from vipo.tracking import read_run_id, resolve_tracking_uri
     from vipo.train.preemption import EXIT_PREEMPTED, EXIT_PREEMPTION_TIMEOUT, Preempted, PreemptionTimeout
     from vipo.train.runner import fit
+
+    scorer = validation_scorer(cfg, str(config_path))
+    checkpoint_evaluation = plan_checkpoint_evaluation(cfg, str(config_path))
 
     print(f"run folder: {cfg.run_dir}  (relaunch the same command to resume)")
     try:

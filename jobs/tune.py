@@ -13,8 +13,7 @@ from pathlib import Path
 from jobs.train import validation_scorer
 from vipo.config import load_config
 from vipo.train.config import load_train_config
-from vipo.tune import TuneConfig, run_staged_search, train_trial
-from vipo.tune.staged import trial_resources
+from vipo.tune.config import TuneConfig
 
 
 def run(config_path: Path, overrides: list[str]) -> None:
@@ -22,6 +21,8 @@ def run(config_path: Path, overrides: list[str]) -> None:
     # The trials' scoring settings fail here, once, rather than in every trial.
     base = load_train_config(cfg.base_config, cfg.base_overrides)
     validation_scorer(base, str(cfg.base_config))
+    from vipo.tune.staged import run_staged_search, train_trial, trial_resources  # Ray Tune: after validation
+
     if base.evaluation.benchmark is not None:
         print("note: trials do not evaluate their checkpoints on evaluation.benchmark (Tune ranks on the validation "
               "gate); `vipo train` does", file=sys.stderr)

@@ -61,6 +61,30 @@ def _config_errors(argv: list[str]) -> list[str]:
     return [line.removeprefix("config error: ") for line in lines]
 
 
+HEAVY_LIBRARIES = ("diffusers", "peft", "transformers", "lpips", "ray.tune", "ray.train")
+_IMPORTS_AFTER_EXIT = """
+import runpy, sys
+sys.argv = ["vipo", *sys.argv[1:]]
+try:
+    runpy.run_module("jobs.cli", run_name="__main__")
+except SystemExit as stop:
+    print(stop.code, *[name for name in {heavy!r} if name in sys.modules])
+"""
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "jobs/configs/stage3_dpo_demo.yaml", "loss.bta=1"],
+    ["train", "jobs/configs/vae_demo.yaml", "model.tiny_sed=1"],
+    ["tune", "jobs/configs/tune_demo.yaml", "max_concurrent_trial=1"],
+])
+def test_a_bad_train_or_tune_config_is_reported_before_any_model_library_loads(argv):
+    # The recipes import diffusers and peft (~30 s here): a typo must not wait for them.
+    code = _IMPORTS_AFTER_EXIT.format(heavy=HEAVY_LIBRARIES)
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=REPO)
+    assert out.stdout.split() == ["2"], out.stdout + out.stderr[-2000:]
+    assert out.stderr.startswith("config error: ") and argv[2].split("=")[0] in out.stderr
+
+
 def test_every_config_error_is_listed_with_the_closest_valid_key():
     lines = _config_errors(["generate", "jobs/configs/generate_demo.yaml", "sampling.nframs=3", "sources.0.rot=x",
                             "kinds.0.sed=1", "seed=-1", "clips_per_video=0", "rows_per_shard=0", "zzz=1"])

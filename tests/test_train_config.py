@@ -42,6 +42,17 @@ def test_demo_configs_validate_and_choose_their_recipe(tmp_path):
     assert stage1.scaling.num_workers == 2 and not stage1.scaling.use_gpu
 
 
+def test_every_recipe_runs_the_config_class_its_config_validates_into():
+    # Configs validate through RECIPE_CONFIGS (no model imports); workers run get_recipe(name): the two must agree.
+    from vipo.train.recipes import RECIPES, get_recipe
+    from vipo.train.recipes.configs import RECIPE_CONFIGS
+
+    assert set(RECIPE_CONFIGS) == set(RECIPES)
+    for name, config_class in RECIPE_CONFIGS.items():
+        assert get_recipe(name).config_class is config_class, name
+        assert config_class.model_fields["recipe"].default == name
+
+
 def test_full_size_configs_validate_apart_from_their_paths(tmp_path):
     for name in ("stage1.yaml", "stage2.yaml"):
         cfg = load_train_config(CONFIGS / name, [

@@ -10,8 +10,9 @@ it. It exists only in a source checkout (editable install), not in a built wheel
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
+
+from vipo.lazy import lazy_exports
 
 SAMPLE_DATA_ROOT = Path(__file__).resolve().parents[3] / "data" / "sample" / "DAVIS"
 """Root of the bundled miniature DAVIS tree (``JPEGImages/480p``, ``Annotations/480p``, ``ImageSets/2017``)."""
@@ -38,18 +39,4 @@ _EXPORTS = {
         "YoutubeVosSource", "scan_sources",
     ],
 }
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(["SAMPLE_DATA_ROOT", *_MODULE_OF])
-
-
-def __getattr__(name: str):
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module 'vipo.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_MODULE_OF[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals(), eager=("SAMPLE_DATA_ROOT",))

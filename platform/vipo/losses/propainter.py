@@ -24,7 +24,7 @@ from pydantic import Field, model_validator
 from torch import Tensor
 
 from vipo.config import Config
-from vipo.models.propainter import flow_warp
+from vipo.models.propainter.propagation import flow_warp
 
 __all__ = [
     "FLOW_COMPLETION_PRESETS",

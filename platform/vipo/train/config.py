@@ -271,9 +271,9 @@ class _RecipeChoice(BaseModel):
 
 
 def _config_class(recipe: str) -> type[TrainConfig]:
-    from vipo.train.recipes import get_recipe
+    from vipo.train.recipes.configs import RECIPE_CONFIGS  # no model code: a bad config fails in seconds
 
-    return get_recipe(recipe).config_class
+    return RECIPE_CONFIGS[recipe]
 
 
 def load_train_config(path: str | Path | None, overrides: Iterable[str] = ()) -> TrainConfig:

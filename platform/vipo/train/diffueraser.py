@@ -23,11 +23,12 @@ import torch.nn.functional as F
 from diffusers import UniPCMultistepScheduler
 from torch import nn
 
-from vipo.data import BadSample, FinetuneDataConfig, FinetuneDataset, resize_center_crop
+from vipo.data import BadSample, FinetuneDataset, resize_center_crop
 from vipo.masks import random_moving_masks
 from vipo.pipelines.diffueraser import DiffuEraserPipeline, build_conditioning, encode_frames
 from vipo.train.config import DiffuEraserModelSettings, ModelSettings, TrainConfig, ValidationSettings
 from vipo.train.engine import PRECISION_DTYPES, WorkerContext
+from vipo.train.recipes.configs import FinetuneTrainConfig
 from vipo.train.validation import ClipScorer
 
 __all__ = [
@@ -44,13 +45,6 @@ __all__ = [
     "prepare_weights",
     "ValidationClips",
 ]
-
-
-class FinetuneTrainConfig(TrainConfig):
-    """Stages 1 and 2: DiffuEraser weights and on-the-fly masked clips (each stage adds its ``recipe:``)."""
-
-    model: DiffuEraserModelSettings
-    data: FinetuneDataConfig
 
 
 @dataclass

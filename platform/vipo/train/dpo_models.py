@@ -15,18 +15,15 @@ Tuning scopes (``tuning.scope``):
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import torch
 from diffusers import MotionAdapter
-from pydantic import Field, model_validator
 from torch import nn
 
-from vipo.config import Config, ExistingPath
 from vipo.models.lora import add_spatial_lora, load_lora_weights_into, merge_lora, save_lora
-from vipo.train.config import DiffuEraserModelSettings
 from vipo.train.diffueraser import FrozenEncoders, load_models
 from vipo.train.dpo_step import PairDenoiser, Reference
+from vipo.train.recipes.configs import LoRASettings, ReferenceSettings, Stage3ModelSettings, TuningSettings
 
 __all__ = [
     "LoRASettings",
@@ -41,67 +38,6 @@ __all__ = [
 
 LORA_DIR = "lora"
 MOTION_ADAPTER_DIR = "motion_adapter"
-
-
-def _check_export_folder(path: Path, what: str, need_brushnet: bool) -> None:
-    if any(path.glob("checkpoint-*")):
-        raise ValueError(f"{what} {path} is a training run folder; export it first (vipo export {path}) and "
-                         "point to the export folder")
-    needed = ("unet_main", "brushnet") if need_brushnet else ("unet_main",)
-    missing = [name for name in needed if not (path / name / "config.json").is_file()]
-    if missing:
-        raise ValueError(f"{what} {path} lacks {', '.join(f'{m}/' for m in missing)}: expected an export folder "
-                         "(vipo export of a stage-1/2 run, or the layout's diffuEraser/ folder)")
-
-
-class Stage3ModelSettings(DiffuEraserModelSettings):
-    """Which DiffuEraser model stage 3 tunes and where it starts.
-
-    ``stage``: 2 tunes the video model (``UNetMotionModel``), 1 the image model (2-D UNet; export it with
-    ``vipo export --compose <stage-2 run>`` for the DPO-stage-1 + SFT-stage-2 hybrid). ``parent``: an export
-    folder with ``unet_main/`` and ``brushnet/`` (a 2-D ``unet_main`` becomes a motion UNet with the layout's
-    AnimateDiff adapter for stage 2); default, stage 2 only: the layout's released ``diffuEraser/`` folders.
-    """
-
-    stage: Literal[1, 2] = 2
-    parent: ExistingPath | None = None
-
-    @model_validator(mode="after")
-    def _parent_usable(self) -> "Stage3ModelSettings":
-        if self.pretrained_stage1_path is not None:
-            raise ValueError("pretrained_stage1_path is a stage-1/2 setting; stage 3 starts from model.parent")
-        if self.parent is not None:
-            _check_export_folder(self.parent, "model.parent", need_brushnet=True)
-        elif self.stage == 1:
-            raise ValueError("model.stage 1 needs model.parent: a stage-1 export folder (2-D unet_main/ + brushnet/)")
-        return self
-
-
-class LoRASettings(Config):
-    """peft LoRA on the spatial attention projections; alpha/rank scales the update (32/16 = 2)."""
-
-    rank: int = Field(default=16, ge=1)
-    alpha: float = Field(default=32.0, gt=0)
-    dropout: float = Field(default=0.0, ge=0, lt=1)
-
-
-class TuningSettings(Config):
-    scope: Literal["lora", "full"] = "lora"
-    lora: LoRASettings = LoRASettings()
-
-
-class ReferenceSettings(Config):
-    """``path``: an export folder whose ``unet_main/`` (and ``brushnet/``, if present) is the reference instead of
-    the starting weights. ``offload``: keep a separate reference on CPU, moved to the device only for its pass."""
-
-    path: ExistingPath | None = None
-    offload: bool = False
-
-    @model_validator(mode="after")
-    def _usable(self) -> "ReferenceSettings":
-        if self.path is not None:
-            _check_export_folder(self.path, "reference.path", need_brushnet=False)
-        return self
 
 
 def _load(model: Stage3ModelSettings, device: torch.device, dtype: torch.dtype, unet_from: Path | None,

@@ -15,19 +15,18 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, PositiveInt, model_validator
 
-from vipo.config import Config, ExistingPath
-from vipo.data.propainter import ProPainterDataConfig, ProPainterDataset
+from vipo.data.propainter import ProPainterDataset
 from vipo.models.propainter import BidirectionalRAFT
 from vipo.pipelines.propainter import WEIGHT_FILES, ProPainterPipeline, random_models, save_random_propainter_weights
 from vipo.train.checkpointing import WEIGHTS_DIR, atomic_save
-from vipo.train.config import TrainConfig, ValidationSettings
+from vipo.train.config import ValidationSettings
+from vipo.train.recipes.configs import ProgressiveSettings, ProPainterModelSettings, ProPainterTrainConfig
 
 __all__ = [
     "ProPainterModelSettings",
@@ -42,54 +41,6 @@ __all__ = [
 ]
 
 RANDOM_WEIGHTS_NOTE = "RANDOM (demo/test weights, not ProPainter's)"
-
-
-class ProPainterModelSettings(Config):
-    """Where the released networks come from. ``weights_dir`` holds ``raft-things.pth``,
-    ``recurrent_flow_completion.pth`` and ``ProPainter.pth`` (the inference layout); ``random_weights_seed``
-    (demo and tests only) builds them with random weights instead — runs then say so in their outputs."""
-
-    weights_dir: ExistingPath | None = None
-    random_weights_seed: int | None = Field(default=None, ge=0)
-    flow_completion_path: ExistingPath | None = None
-    """A ``recurrent_flow_completion.pth`` to use instead of ``weights_dir``'s (e.g. a ``flowcomp`` export)."""
-    init: Literal["scratch", "released"] = "scratch"
-    """The trained network starts from random init (upstream trains from scratch) or the released weights."""
-    raft_iterations: int = Field(default=20, ge=1)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> "ProPainterModelSettings":
-        if (self.weights_dir is None) == (self.random_weights_seed is None):
-            raise ValueError("give exactly one of weights_dir (released .pth files) and random_weights_seed (demo)")
-        return self
-
-
-class ProgressiveSettings(Config):
-    """Progressive resolution: train at ``start_size`` and grow linearly to ``end_size`` (both (height, width)),
-    one stage per entry of ``grow_steps``; null ``start_size`` trains at ``data.size`` throughout."""
-
-    start_size: tuple[PositiveInt, PositiveInt] | None = None
-    end_size: tuple[PositiveInt, PositiveInt] | None = None
-    grow_steps: list[int] = Field(default_factory=list)
-
-    def size_at(self, step: int, data_size: tuple[int, int]) -> tuple[int, int]:
-        """Training size at optimiser step ``step`` (multiples of 8)."""
-        if self.start_size is None:
-            return tuple(data_size)
-        end = self.end_size or data_size
-        stages = len(self.grow_steps)
-        reached = sum(step >= s for s in self.grow_steps)
-        fraction = reached / stages if stages else 1.0
-        return tuple(int(round((a + (b - a) * fraction) / 8)) * 8 for a, b in zip(self.start_size, end))
-
-
-class ProPainterTrainConfig(TrainConfig):
-    """Base of both recipes' configs: the model block, ProPainter clips and progressive resolution."""
-
-    model: ProPainterModelSettings
-    data: ProPainterDataConfig
-    progressive: ProgressiveSettings = ProgressiveSettings()
-    validation: ValidationSettings = ValidationSettings()
 
 
 def load_networks(settings: ProPainterModelSettings, device: torch.device, generator: bool = True):

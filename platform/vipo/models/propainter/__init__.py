@@ -7,21 +7,14 @@
 - :func:`propagate_images`, the parameter-free image propagation between flow completion and the generator
 """
 
-from vipo.models.propainter.discriminator import Discriminator
-from vipo.models.propainter.flow_completion import FlowCompletionOutput, RecurrentFlowCompleteNet
-from vipo.models.propainter.inpaint_generator import InpaintGenerator
-from vipo.models.propainter.propagation import flow_consistency, flow_warp, propagate_images
-from vipo.models.propainter.raft import BidirectionalRAFT, convert_raft_state_dict, raft_state_dict_to_upstream
+from vipo.lazy import lazy_exports
 
-__all__ = [
-    "BidirectionalRAFT",
-    "Discriminator",
-    "FlowCompletionOutput",
-    "InpaintGenerator",
-    "RecurrentFlowCompleteNet",
-    "convert_raft_state_dict",
-    "flow_consistency",
-    "flow_warp",
-    "propagate_images",
-    "raft_state_dict_to_upstream",
-]
+# Lazy: the networks import diffusers (ModelMixin); ``flow_warp`` for a loss, or a config, needs only torch.
+_EXPORTS = {
+    "vipo.models.propainter.discriminator": ["Discriminator"],
+    "vipo.models.propainter.flow_completion": ["FlowCompletionOutput", "RecurrentFlowCompleteNet"],
+    "vipo.models.propainter.inpaint_generator": ["InpaintGenerator"],
+    "vipo.models.propainter.propagation": ["flow_consistency", "flow_warp", "propagate_images"],
+    "vipo.models.propainter.raft": ["BidirectionalRAFT", "convert_raft_state_dict", "raft_state_dict_to_upstream"],
+}
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

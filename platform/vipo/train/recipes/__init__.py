@@ -1,8 +1,9 @@
 """The recipe registry: a config's ``recipe:`` value → ``"module:Class"``.
 
-Adding a recipe is one file in this folder (a class following :class:`vipo.train.loop.Recipe`, with its config
-class as ``config_class``; Ray Train runs it through :func:`vipo.train.loop.run_recipe`) plus one line here.
-Entries are import strings so that validating a config does not import every recipe.
+Adding a recipe is one file in this folder (a class following :class:`vipo.train.loop.Recipe`; Ray Train runs it
+through :func:`vipo.train.loop.run_recipe`), its config class in :mod:`vipo.train.recipes.configs` (set as the
+recipe's ``config_class`` and listed in ``RECIPE_CONFIGS``), and one line here. Entries are import strings so that
+validating a config imports no recipe (they import diffusers and peft).
 """
 
 from __future__ import annotations

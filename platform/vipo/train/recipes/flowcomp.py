@@ -13,21 +13,19 @@ folder. Launch: ``vipo train jobs/configs/flowcomp_demo.yaml`` (CPU, random weig
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from torchvision.utils import flow_to_image
 
 from vipo.data.propainter import ProPainterDataset
-from vipo.losses.propainter import FlowCompletionLossConfig, flow_completion_loss, flow_edges
+from vipo.losses.propainter import flow_completion_loss, flow_edges
 from vipo.models.propainter import RecurrentFlowCompleteNet
 from vipo.pipelines.propainter import WEIGHT_FILES
 from vipo.train.checkpointing import WEIGHTS_DIR
 from vipo.train.engine import WorkerContext, build_engine
 from vipo.train.loop import TrainLoop
 from vipo.train.propainter import (
-    ProPainterTrainConfig,
     batch_flows,
     export_released,
     frozen_weights_note,
@@ -37,15 +35,11 @@ from vipo.train.propainter import (
     save_released,
     validation_samples,
 )
+from vipo.train.recipes.configs import FlowCompletionConfig
 
 __all__ = ["FlowCompletionConfig", "FlowCompletionRecipe"]
 
 RFC_FILE = WEIGHT_FILES["flow_completion"]
-
-
-class FlowCompletionConfig(ProPainterTrainConfig):
-    recipe: Literal["flowcomp"] = "flowcomp"
-    loss: FlowCompletionLossConfig = FlowCompletionLossConfig()
 
 
 def complete_both_directions(network: torch.nn.Module, flows_forward: torch.Tensor, flows_backward: torch.Tensor,

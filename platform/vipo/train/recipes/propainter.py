@@ -16,32 +16,26 @@ files). Launch: ``vipo train jobs/configs/propainter_demo.yaml`` (CPU, random we
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field
 
-from vipo.config import Config
 from vipo.data.propainter import ProPainterDataset
 from vipo.losses.propainter import (
-    InpaintingLossConfig,
     census_loss,
     hinge_discriminator_loss,
     hinge_generator_loss,
     hole_valid_l1,
     warp_confidence,
 )
-from vipo.losses.vgg import VGGFeatures, VGGLossConfig, perceptual_style_losses
+from vipo.losses.vgg import VGGFeatures, perceptual_style_losses
 from vipo.models.propainter import Discriminator, InpaintGenerator, flow_warp, propagate_images
 from vipo.pipelines.propainter import WEIGHT_FILES
 from vipo.train.adversarial import AdversarialEngine, frozen
 from vipo.train.checkpointing import WEIGHTS_DIR
-from vipo.train.config import OptimSettings
 from vipo.train.engine import WorkerContext
 from vipo.train.loop import TrainLoop
 from vipo.train.propainter import (
-    ProPainterTrainConfig,
     batch_flows,
     export_released,
     frame_metrics,
@@ -53,27 +47,12 @@ from vipo.train.propainter import (
     to_uint8,
     validation_samples,
 )
+from vipo.train.recipes.configs import ProPainterLossSettings, ProPainterRecipeConfig
 
 __all__ = ["DISCRIMINATOR_FILE", "ProPainterLossSettings", "ProPainterRecipe", "ProPainterRecipeConfig"]
 
 GENERATOR_FILE = WEIGHT_FILES["generator"]
 DISCRIMINATOR_FILE = "discriminator.pth"
-
-
-class ProPainterLossSettings(InpaintingLossConfig):
-    vgg: VGGLossConfig = VGGLossConfig()
-
-
-class DiscriminatorSettings(Config):
-    """The discriminator's optimiser (upstream: the generator's Adam settings and rate)."""
-
-    optim: OptimSettings = Field(default_factory=lambda: OptimSettings(lr=1e-4, betas=(0.0, 0.99), weight_decay=0.0))
-
-
-class ProPainterRecipeConfig(ProPainterTrainConfig):
-    recipe: Literal["propainter"] = "propainter"
-    loss: ProPainterLossSettings = ProPainterLossSettings()
-    discriminator: DiscriminatorSettings = DiscriminatorSettings()
 
 
 class ProPainterRecipe:

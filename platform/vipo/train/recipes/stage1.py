@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any, Literal
 
 import torch
-from pydantic import model_validator
 
 from vipo.data import FinetuneDataset
 from vipo.models.unet_brushnet import BrushNetUNet
 from vipo.train.checkpointing import WEIGHTS_DIR
 from vipo.train.diffueraser import (
     DiffuEraserRecipe,
-    FinetuneTrainConfig,
     ValidationClips,
     apply_model_settings,
     diffusion_inputs,
@@ -32,22 +29,9 @@ from vipo.train.diffueraser import (
 )
 from vipo.train.engine import build_engine
 from vipo.train.loop import TrainLoop
+from vipo.train.recipes.configs import Stage1Config
 
 __all__ = ["Stage1Config", "Stage1Recipe"]
-
-
-class Stage1Config(FinetuneTrainConfig):
-    recipe: Literal["stage1"] = "stage1"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _stage1_nframes(cls, data: Any) -> Any:
-        # Stage 1 trains on 10-frame clips unless the config says otherwise (the data default is stage 2's 22).
-        if isinstance(data, dict) and isinstance(data.get("data"), dict):
-            data["data"].setdefault("clip", {})
-            if isinstance(data["data"]["clip"], dict):
-                data["data"]["clip"].setdefault("nframes", 10)
-        return data
 
 
 class Stage1Recipe(DiffuEraserRecipe):

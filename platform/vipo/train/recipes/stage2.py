@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Literal
 
 import torch
 from diffusers import MotionAdapter
@@ -23,7 +22,6 @@ from vipo.models.unet_brushnet import BrushNetUNet
 from vipo.train.checkpointing import WEIGHTS_DIR
 from vipo.train.diffueraser import (
     DiffuEraserRecipe,
-    FinetuneTrainConfig,
     ValidationClips,
     apply_model_settings,
     diffusion_inputs,
@@ -34,12 +32,9 @@ from vipo.train.diffueraser import (
 from vipo.train.engine import build_engine
 from vipo.train.export import MOTION_ADAPTER_DIR
 from vipo.train.loop import TrainLoop
+from vipo.train.recipes.configs import Stage2Config
 
 __all__ = ["Stage2Config", "Stage2Recipe"]
-
-
-class Stage2Config(FinetuneTrainConfig):
-    recipe: Literal["stage2"] = "stage2"
 
 
 def _load(cfg: Stage2Config, device: torch.device, dtype: torch.dtype, motion: Path | None):

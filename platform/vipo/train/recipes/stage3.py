@@ -29,23 +29,23 @@ from __future__ import annotations
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
 from tqdm import tqdm
 
-from vipo.data import MANIFEST_NAME, DPODataConfig, DPODataset
-from vipo.losses import HEALTH_CODES, DPOHealthMonitor, DPOLossConfig, RegionRegDPOLossConfig, compute_dpo_loss, summarize_stats
+from vipo.data import MANIFEST_NAME, DPODataset
+from vipo.losses import (
+    HEALTH_CODES,
+    DPOHealthMonitor,
+    compute_dpo_loss,
+    summarize_stats,
+)
 from vipo.models.diffueraser_weights import DiffuEraserWeights
 from vipo.train.checkpointing import WEIGHTS_DIR
-from vipo.train.config import TrainConfig, ValidationSettings
+from vipo.train.config import ValidationSettings
 from vipo.train.diffueraser import DiffuEraserRecipe, ValidationClips, apply_model_settings, frozen_dtype
 from vipo.train.dpo_models import (
-    ReferenceSettings,
-    Stage3ModelSettings,
-    TuningSettings,
     build_reference,
     export_policy,
     load_policy,
@@ -54,44 +54,10 @@ from vipo.train.dpo_models import (
 from vipo.train.dpo_step import inversion_noise, pair_predictions, preference_inputs
 from vipo.train.engine import WorkerContext, build_engine
 from vipo.train.loop import TrainLoop
+from vipo.train.recipes.configs import Stage3Config
 
 __all__ = ["ShardValidationClips", "Stage3Config", "Stage3Recipe"]
 
-LATENT_FACTOR = 8
-
-
-class Stage3Config(TrainConfig):
-    recipe: Literal["stage3"] = "stage3"
-    model: Stage3ModelSettings
-    tuning: TuningSettings = TuningSettings()
-    reference: ReferenceSettings = ReferenceSettings()
-    loss: DPOLossConfig = RegionRegDPOLossConfig()
-    data: DPODataConfig
-    noise: Literal["forward", "inversion"] = "forward"
-    """``forward``: one ε ~ N(0, I) per pair (Diffusion-DPO); ``inversion``: the ablation of the module docstring."""
-    inversion_steps: int = Field(default=10, ge=1)
-    """DDIM steps from 0 to the pair's t for ``noise: inversion`` (reference passes per training step)."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _latent_regions(cls, data: Any) -> Any:
-        # The loss compares latents, so its regions are at latent resolution unless the config says otherwise.
-        if isinstance(data, dict) and isinstance(data.get("data"), dict):
-            data["data"].setdefault("region_scale", LATENT_FACTOR)
-        return data
-
-    @model_validator(mode="after")
-    def _consistent_stage3(self) -> "Stage3Config":
-        if self.data.region_scale != LATENT_FACTOR:
-            raise ValueError(f"data.region_scale must be {LATENT_FACTOR}: the DPO loss takes regions at latent "
-                             "resolution")
-        if self.reference.offload and self.tuning.scope == "lora" and self.reference.path is None:
-            raise ValueError("reference.offload needs a separate reference (tuning.scope: full or reference.path); "
-                             "the LoRA reference is the policy itself")
-        if self.validation.videos:
-            raise ValueError("stage 3 validates on the first validation.num_videos preference clips; "
-                             "validation.videos is not supported")
-        return self
 
 
 class ShardValidationClips(ValidationClips):

@@ -21,78 +21,27 @@ from __future__ import annotations
 import shutil
 import warnings
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from diffusers import AutoencoderKLWan
-from pydantic import Field, model_validator
 from torch import nn
 
-from vipo.config import Config, ExistingPath
-from vipo.data.datasets import VaeClipDataset, VaeDataConfig
+from vipo.data.datasets import VaeClipDataset
 from vipo.data.errors import SkipLog
 from vipo.data.sources import scan_sources
 from vipo.losses.erp import edge_f1, erp_weighted_mean, kl_divergence, psnr, sobel_magnitude, ws_psnr
 from vipo.models.wan_vae import enable_block_checkpointing, load_wan_vae, norms_in_fp32, to_original_state_dict
 from vipo.train.checkpointing import WEIGHTS_DIR, atomic_save
-from vipo.train.config import GuardSettings, OptimSettings, TrainConfig
 from vipo.train.ema import WeightEMA
 from vipo.train.engine import WorkerContext, build_engine
 from vipo.train.loop import TrainLoop
+from vipo.train.recipes.configs import WanVaeConfig, WanVaeLossConfig, WanVaeModelSettings
 
 __all__ = ["WanVaeConfig", "WanVaeLossConfig", "WanVaeModelSettings", "WanVaeRecipe", "linear_ramp"]
 
 VGG16_CHECKPOINT = "vgg16-397923af.pth"  # torchvision's file name for the ImageNet VGG-16 (its hub cache name)
 ORIGINAL_FILE = "Wan2.1_VAE.pth"
-
-
-class WanVaeModelSettings(Config):
-    """``weights``: a diffusers VAE folder or the original ``Wan2.1_VAE.pth`` (then ``config_dir``: a folder with
-    the diffusers ``config.json``); null: the tiny random VAE drawn from ``tiny_seed`` (demo, tests)."""
-
-    weights: ExistingPath | None = None
-    config_dir: ExistingPath | None = None
-    tiny_seed: int = Field(default=0, ge=0)
-    gradient_checkpointing: bool = False
-    decoder_only: bool = False
-    encoder_lr_scale: float = Field(default=0.1, gt=0)
-    ema_decay: float = Field(default=0.9999, ge=0, lt=1)
-
-
-class WanVaeLossConfig(Config):
-    """Seed-004 weights. ``lpips_backbone``: torchvision's VGG-16 state_dict (default: the torch hub cache's
-    ``vgg16-397923af.pth``); ``allow_random_lpips`` lets demos run with a random trunk (then not LPIPS; the run
-    says so in its tags and logs)."""
-
-    l1: float = Field(default=1.0, ge=0)
-    edge: float = Field(default=0.5, ge=0)
-    lpips: float = Field(default=0.1, ge=0)
-    lpips_start: int = Field(default=200, ge=0)
-    lpips_end: int = Field(default=500, ge=0)
-    kl: float = Field(default=1e-6, ge=0)
-    kl_start: int = Field(default=500, ge=0)
-    kl_end: int = Field(default=1000, ge=0)
-    prox: float = Field(default=1e-4, ge=0)
-    lpips_backbone: ExistingPath | None = None
-    allow_random_lpips: bool = False
-
-    @model_validator(mode="after")
-    def _ramps_forward(self) -> "WanVaeLossConfig":
-        for name in ("lpips", "kl"):
-            if getattr(self, f"{name}_end") < getattr(self, f"{name}_start"):
-                raise ValueError(f"loss.{name}_end must be >= loss.{name}_start")
-        return self
-
-
-class WanVaeConfig(TrainConfig):
-    recipe: Literal["wan_vae"] = "wan_vae"
-    model: WanVaeModelSettings = WanVaeModelSettings()
-    loss: WanVaeLossConfig = WanVaeLossConfig()
-    data: VaeDataConfig
-    optim: OptimSettings = OptimSettings(lr=1e-5, lr_scheduler="cosine", warmup_steps=200, max_steps=5000,
-                                         max_grad_norm=0.5)
-    guard: GuardSettings = GuardSettings(spike_factor=5.0)
 
 
 def linear_ramp(step: int, start: int, end: int, final: float) -> float:
