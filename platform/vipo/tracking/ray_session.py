@@ -33,6 +33,11 @@ def tune_verbosity() -> int:
 
 def _quiet_libraries() -> None:
     # Libraries' own chatter (Ray's start-up notes, diffusers/transformers deprecation notes) is not the user's.
+    # MLflow and Ray Data set their loggers' levels when first imported, so they are imported (every job uses
+    # both) before the levels are set here.
+    import mlflow  # noqa: F401
+    import ray.data  # noqa: F401
+
     for name in ("ray", "ray.data", "ray.train", "ray.tune", "diffusers", "transformers", "mlflow"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
