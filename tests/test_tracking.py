@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -242,3 +243,17 @@ def test_local_ray_start_is_retried_only_when_the_node_misses_its_start_up_windo
     with pytest.raises(Exception, match="timed out during startup"):  # the last attempt's error is the caller's
         start_local_ray(attempts=2, num_cpus=1)
     assert [name for name, _ in calls] == ["init", "shutdown", "init"]
+
+
+def test_a_new_sqlite_store_and_the_system_metrics_monitor_print_no_mlflow_notes(tmp_path):
+    # In a fresh interpreter: MLflow sets its logger's level when first imported, which is what made these appear.
+    script = ("import sys\n"
+              "from vipo.tracking import MLflowLogger\n"
+              "logger = MLflowLogger(sys.argv[1], 'quiet', 'run', system_metrics_interval_s=1)\n"
+              "logger.close()\n"
+              "print('run', logger.run_id)\n")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    done = subprocess.run([sys.executable, "-c", script, uri], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert MlflowClient(uri).get_run(done.stdout.split()[-1]).info.status == "FINISHED"
+    assert " INFO mlflow" not in done.stdout + done.stderr, done.stderr

@@ -27,7 +27,7 @@ from vipo.config import TrackingConfig, dump_config
 from vipo.tracking.identity import environment_freeze
 
 __all__ = ["RUN_FILE", "MemoryLogger", "MLflowLogger", "RunLogger", "build_logger", "flatten", "is_server_uri",
-           "launch_tracking_uri", "read_run_id", "resolve_tracking_uri", "write_run_id"]
+           "launch_tracking_uri", "quiet_mlflow", "read_run_id", "resolve_tracking_uri", "write_run_id"]
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,15 @@ def write_run_id(folder: str | Path, run_id: str, tracking_uri: str) -> None:
     atomic_write_text(json.dumps(record, indent=2) + "\n", Path(folder) / RUN_FILE)
 
 
+def quiet_mlflow() -> None:
+    """Keep MLflow's INFO notes (creating a sqlite store's tables, starting the system-metrics monitor) out of the
+    job's output; its warnings stay. MLflow sets its logger's level when first imported, so it is imported first."""
+    import mlflow  # noqa: F401
+
+    logger = logging.getLogger("mlflow")
+    logger.setLevel(max(logger.level, logging.WARNING))  # a job that asked for less (ERROR) keeps it
+
+
 @contextlib.contextmanager
 def _store_lock(tracking_uri: str) -> Iterator[None]:
     """Serialise the first use of a sqlite store: two jobs creating its schema at once fail otherwise."""
@@ -145,6 +154,7 @@ class MLflowLogger:
                  tags: Mapping[str, str] | None = None, system_metrics_interval_s: float | None = None):
         from mlflow.tracking import MlflowClient
 
+        quiet_mlflow()
         self.tracking_uri = tracking_uri
         with _store_lock(tracking_uri):
             self.client = MlflowClient(tracking_uri=tracking_uri)

@@ -16,6 +16,7 @@ from pathlib import Path
 import vipo
 from vipo.config import RayConfig
 from vipo.tracking.identity import git_commit
+from vipo.tracking.logger import quiet_mlflow
 
 __all__ = ["init_ray", "job_env_vars", "shipped_code_env", "start_local_ray", "tune_verbosity", "verbose"]
 
@@ -33,11 +34,11 @@ def tune_verbosity() -> int:
 
 def _quiet_libraries() -> None:
     # Libraries' own chatter (Ray's start-up notes, diffusers/transformers deprecation notes) is not the user's.
-    # MLflow and Ray Data set their loggers' levels when first imported, so they are imported (every job uses
-    # both) before the levels are set here.
-    import mlflow  # noqa: F401
+    # Ray Data sets its loggers' levels when first imported, so it is imported (every job uses it) before the
+    # levels are set here.
     import ray.data  # noqa: F401
 
+    quiet_mlflow()
     for name in ("ray", "ray.data", "ray.train", "ray.tune", "diffusers", "transformers", "mlflow"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
