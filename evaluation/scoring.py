@@ -1,8 +1,7 @@
-"""Scoring one clip the way the research group learned to.
+"""What a benchmark scores: the metric names (:data:`METRICS`) and :class:`ScoringConfig`.
 
-The hard composite (prediction inside the hole, ground truth outside) is built in memory from the raw prediction
-and scored frame by frame — never re-read from an encoded video, which cost them ~3 dB. Every metric of a clip is
-computed in the same call, on the device the actor holds (GPU when it has one).
+The config is apart from :class:`evaluation.scorer.Scorer`, which computes the metrics, so that validating an
+evaluation or training config does not import the metric networks' libraries.
 """
 
 from __future__ import annotations
@@ -10,40 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
-import torch
 from pydantic import Field
 
-from evaluation.metrics import (
-    bbox_psnr,
-    boundary_ring_psnr,
-    estimate_gt_flow,
-    frame_ssim_win65,
-    get_lpips,
-    masked_lpips,
-    masked_psnr,
-    masked_ssim,
-    outside_change,
-    to_mask_tensor,
-    to_video_tensor,
-    warping_error,
-)
-from evaluation.hallucination import (
-    HallucinationConfig,
-    PriorDifferenceConfig,
-    build_hallucination_scorer,
-    model_identity,
-)
-from evaluation.metrics.clip_consistency import clip_temporal_consistency, get_clip_embedder
-from evaluation.metrics.lpips_metric import _find_backbone_checkpoint
+from evaluation.hallucination import HallucinationConfig, PriorDifferenceConfig, model_identity
 from evaluation.methods.base import content_hash
-from evaluation.metrics.vfid import get_i3d, i3d_features
-from evaluation.metrics.warping import _raft_checkpoint
 from vipo.config import Config, ExistingPath
-from vipo.generate.candidates import hard_composite
 from vipo.tracking import file_hash
 
-__all__ = ["DEFAULT_METRICS", "METRICS", "MetricInfo", "Scorer", "ScoringConfig", "random_networks"]
+__all__ = ["DEFAULT_METRICS", "EWARP_METRICS", "HALLUCINATION_METRICS", "LPIPS_METRICS", "METRICS",
+           "OUTSIDE_METRICS", "MetricInfo", "ScoringConfig", "random_networks"]
 
 
 @dataclass(frozen=True)
@@ -85,10 +59,10 @@ DEFAULT_METRICS = [name for name in METRICS if name not in {"tc_clip", "hallucin
 """What is scored unless the config says otherwise: the metrics that need no weights beyond LPIPS/RAFT."""
 
 MetricName = Literal[tuple(METRICS)]  # type: ignore[valid-type]
-_HALLUCINATION = {"hallucination", "hallucination_score"}
-_LPIPS = {"lpips", "lpips_hole"}
-_EWARP = {"ewarp_x1000", "ewarp_hole_x1000"}
-_OUTSIDE = {"outside_mean_abs", "outside_max_abs"}
+HALLUCINATION_METRICS = {"hallucination", "hallucination_score"}
+LPIPS_METRICS = {"lpips", "lpips_hole"}
+EWARP_METRICS = {"ewarp_x1000", "ewarp_hole_x1000"}
+OUTSIDE_METRICS = {"outside_mean_abs", "outside_max_abs"}
 
 
 class ScoringConfig(Config):
@@ -118,7 +92,7 @@ class ScoringConfig(Config):
 
     def flow_note(self) -> str | None:
         """Which ground-truth flow the warping error used (its absolute values depend on it); None without it."""
-        if not _EWARP & set(self.metrics):
+        if not EWARP_METRICS & set(self.metrics):
             return None
         source = "OpenCV DIS (medium preset)" if self.flow == "dis" else "torchvision RAFT-large"
         return f"warping error: ground-truth flow from {source}"
@@ -126,16 +100,22 @@ class ScoringConfig(Config):
     def identity(self) -> dict:
         """What determines the scores: the settings plus the content hashes of the LPIPS trunk and RAFT weights
         actually found (config path or torch hub cache; not the paths). Missing weights fail here, before any run."""
+        # The metric modules import lpips, torchvision and transformers: only this check and the scorer need them.
+        from evaluation.metrics.clip_consistency import get_clip_embedder
+        from evaluation.metrics.lpips_metric import _find_backbone_checkpoint, get_lpips
+        from evaluation.metrics.vfid import get_i3d
+        from evaluation.metrics.warping import _raft_checkpoint
+
         data = self.model_dump(mode="json", exclude={"lpips_backbone_weights", "raft_weights", "i3d_weights",
                                                      "clip_weights", "hallucination", "vfid_batch"})
         data["metrics"] = sorted(self.metrics)
         wanted = set(self.metrics)
-        if _LPIPS & wanted:
+        if LPIPS_METRICS & wanted:
             trunk = _find_backbone_checkpoint(self.lpips_net, self.lpips_backbone_weights)
             if trunk is None and not self.allow_random_lpips_backbone:
                 get_lpips(self.lpips_net)  # raises FileNotFoundError naming the file to provide
             data["lpips_trunk"] = file_hash(trunk) if trunk is not None else "random"
-        if _EWARP & wanted and self.flow == "raft":
+        if EWARP_METRICS & wanted and self.flow == "raft":
             data["raft"] = file_hash(_raft_checkpoint(self.raft_weights))
         if "vfid" in wanted:
             if self.i3d_weights is None:
@@ -145,13 +125,13 @@ class ScoringConfig(Config):
             if self.clip_weights is None:
                 get_clip_embedder(None, self.allow_random_clip)
             data["clip"] = content_hash([self.clip_weights]) if self.clip_weights is not None else "random"
-        if _HALLUCINATION & wanted:
+        if HALLUCINATION_METRICS & wanted:
             data["hallucination"] = model_identity(self.hallucination)
         return data
 
     def needs_prior(self) -> bool:
         """Whether scoring compares with the method's prior (the hallucination scorers do)."""
-        return bool(_HALLUCINATION & set(self.metrics))
+        return bool(HALLUCINATION_METRICS & set(self.metrics))
 
 
 def random_networks(identity: dict) -> dict[str, str]:
@@ -165,85 +145,3 @@ def random_networks(identity: dict) -> dict[str, str]:
     if identity.get("clip") == "random":
         notes["tc_clip"] = "TC used a RANDOM CLIP tower: the tc_clip numbers are not CLIP temporal consistency"
     return notes
-
-
-class Scorer:
-    """Scores raw predictions of a clip against its ground truth. ``setup`` builds the networks once per actor."""
-
-    def __init__(self, config: ScoringConfig):
-        self.config = config
-        self.device = torch.device("cpu")
-        self._lpips = self._i3d = self._clip = self._hallucination = None
-
-    def setup(self, device: str | torch.device) -> "Scorer":
-        self.device = torch.device(device)
-        config, wanted = self.config, set(self.config.metrics)
-        if _LPIPS & wanted:
-            self._lpips = get_lpips(config.lpips_net, config.lpips_backbone_weights,
-                                    config.allow_random_lpips_backbone).to(self.device)
-        if "vfid" in wanted:
-            self._i3d = get_i3d(config.i3d_weights, config.allow_random_i3d).to(self.device)
-        if "tc_clip" in wanted:
-            self._clip = get_clip_embedder(config.clip_weights, config.allow_random_clip).to(self.device)
-        if _HALLUCINATION & wanted:
-            self._hallucination = build_hallucination_scorer(config.hallucination)
-            self._hallucination.setup(self.device)
-        return self
-
-    @torch.no_grad()
-    def score(self, frames: np.ndarray, hole: np.ndarray, prediction: np.ndarray,
-              prior: np.ndarray | None = None) -> tuple[dict[str, float], dict[str, list[float]]]:
-        """All configured metrics of one clip.
-
-        Args:
-            frames: ground truth, uint8 ``(F, H, W, 3)``.
-            hole: bool ``(F, H, W)``, True = hole (the benchmark's, undilated).
-            prediction: the method's raw output, uint8 ``(F, H, W, 3)``; only its hole pixels are used.
-            prior: the method's propagated prior (uint8, same shape) for the hallucination scorer, or None.
-
-        Returns:
-            metric name → value (NaN where a region is empty in every frame), and the clip's I3D features of the
-            ground truth and the composite (``i3d_real``/``i3d_fake``, 1024 floats each) when VFID is wanted.
-        """
-        if prediction.shape != frames.shape or prediction.dtype != np.uint8:
-            raise ValueError(f"prediction must be uint8 {frames.shape}, got {prediction.dtype} {prediction.shape}")
-        composite_frames = hard_composite(frames, prediction, hole)
-        composite = to_video_tensor(composite_frames, self.device)
-        target = to_video_tensor(frames, self.device)
-        mask = to_mask_tensor(hole, like=composite)
-        wanted = set(self.config.metrics)
-        values: dict[str, torch.Tensor | float] = {}
-        features: dict[str, list[float]] = {}
-        for region, suffix in (("frame", ""), ("hole", "_hole")):
-            if f"psnr{suffix}" in wanted:
-                values[f"psnr{suffix}"] = masked_psnr(composite, target, mask, region=region)
-            if f"ssim{suffix}" in wanted:
-                values[f"ssim{suffix}"] = masked_ssim(composite, target, mask, region=region)
-            if f"lpips{suffix}" in wanted:
-                values[f"lpips{suffix}"] = masked_lpips(composite, target, mask, self._lpips, region=region)
-        if "ssim_win65" in wanted:
-            values["ssim_win65"] = torch.tensor([frame_ssim_win65(composite_frames, frames)])
-        if "psnr_bbox" in wanted:
-            values["psnr_bbox"] = bbox_psnr(composite, target, mask)
-        if "psnr_boundary_ring" in wanted:
-            values["psnr_boundary_ring"] = boundary_ring_psnr(composite, target, mask, ring_px=self.config.ring_px)
-        if _EWARP & wanted:
-            flow = estimate_gt_flow(target, self.config.flow, self.config.raft_weights)
-            if "ewarp_x1000" in wanted:
-                values["ewarp_x1000"] = warping_error(composite, target, gt_flow=flow).value * 1000
-            if "ewarp_hole_x1000" in wanted:
-                values["ewarp_hole_x1000"] = warping_error(composite, target, mask, gt_flow=flow).value * 1000
-        if _OUTSIDE & wanted:
-            change = outside_change(composite, target, mask)
-            values["outside_mean_abs"], values["outside_max_abs"] = change.mean, change.max
-        if "tc_clip" in wanted:
-            values["tc_clip"] = clip_temporal_consistency(composite, self._clip)
-        if _HALLUCINATION & wanted:
-            judged = self._hallucination(frames, hole, composite_frames, prior)
-            values["hallucination_score"] = judged.score
-            values["hallucination"] = float(judged.label) if judged.score == judged.score else float("nan")
-        if "vfid" in wanted:
-            real, fake = i3d_features(torch.cat([target, composite]), self._i3d, batch_size=self.config.vfid_batch)
-            features = {"i3d_real": real.tolist(), "i3d_fake": fake.tolist()}
-        metrics = {name: float(value if isinstance(value, float) else value[0]) for name, value in values.items()}
-        return {name: metrics[name] for name in self.config.metrics if name in metrics}, features

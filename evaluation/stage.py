@@ -19,7 +19,8 @@ import numpy as np
 from evaluation.benchmark import Benchmark
 from evaluation.cache import ClipScores, ResultCache
 from evaluation.methods import ActorConfig, Inpaint, MethodConfig
-from evaluation.scoring import Scorer, ScoringConfig
+from evaluation.scorer import Scorer
+from evaluation.scoring import ScoringConfig
 from vipo.generate.models import pick_device
 
 __all__ = ["EvaluateStage"]

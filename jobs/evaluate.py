@@ -22,9 +22,9 @@ def run(config_path: str | Path | None, overrides: Sequence[str], compare: str |
     comparison report from MLflow; or (``review`` = (benchmark, method A, method B)) write a blind review page; or
     (``review_import`` = an exported review) unblind it. ``output_dir`` is the evaluation's output folder. Returns
     the page written (report or review) or, for an import, its results file."""
+    # The pipeline (evaluation.job: Ray, the metric networks) is imported once the config is valid: a wrong key
+    # is reported in seconds.
     from evaluation.config import CompareConfig, EvaluateConfig
-    from evaluation.job import compare as compare_runs
-    from evaluation.job import evaluate
 
     # Names are set directly, not as key=value overrides: a hash of digits would otherwise parse as a number.
     data = apply_overrides({}, overrides)
@@ -32,7 +32,10 @@ def run(config_path: str | Path | None, overrides: Sequence[str], compare: str |
         data["output_dir"] = str(output_dir)
     if compare is not None:
         data["benchmark"] = compare
-        return compare_runs(validate_config(CompareConfig, data, "vipo evaluate compare")).index
+        config = validate_config(CompareConfig, data, "vipo evaluate compare")
+        from evaluation.job import compare as compare_runs
+
+        return compare_runs(config).index
     if review is not None:
         from evaluation.review import ReviewConfig, write_review
 
@@ -43,7 +46,10 @@ def run(config_path: str | Path | None, overrides: Sequence[str], compare: str |
 
         data["file"] = str(review_import)
         return import_review(validate_config(ReviewImportConfig, data, "vipo evaluate review-import")).results_file
-    return evaluate(load_config(EvaluateConfig, config_path, overrides)).report.index
+    config = load_config(EvaluateConfig, config_path, overrides)
+    from evaluation.job import evaluate
+
+    return evaluate(config).report.index
 
 
 if __name__ == "__main__":

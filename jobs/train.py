@@ -3,7 +3,7 @@
 Relaunching the same command resumes from the run's latest checkpoint (``output_dir/<name>``). On SIGTERM it
 checkpoints at the next step boundary and exits 75 (143 when that takes longer than
 ``failure.preemption_grace_s``); see :mod:`vipo.train.preemption`. The validation gate's scorer is evaluation's
-:class:`~evaluation.scoring.Scorer`, built here from ``validation.scoring`` and injected into the run: ``vipo``
+:class:`~evaluation.scorer.Scorer`, built here from ``validation.scoring`` and injected into the run: ``vipo``
 sits below ``evaluation`` and cannot import its metrics. Likewise the checkpoint evaluation (``evaluation:``,
 :mod:`evaluation.checkpoints`) enters the run as a Ray Train callback built here.
 """
@@ -18,7 +18,7 @@ from vipo.config import validate_config
 from vipo.train.config import TrainConfig, load_train_config
 
 if TYPE_CHECKING:
-    from evaluation.scoring import Scorer
+    from evaluation.scorer import Scorer
 
 # evaluation, the recipes and Ray are imported only once the train config is valid: a wrong key is reported in
 # seconds, not after the ~30 s diffusers, transformers and peft take to import.
@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 def validation_scorer(cfg: TrainConfig, source: str = "<train config>") -> Scorer | None:
     """evaluation's scorer for ``cfg.validation.scoring`` (None when validation is off or the recipe scores its own
     validation); a bad key or missing LPIPS / RAFT weights is a one-line error here, before any worker starts."""
-    from evaluation.scoring import Scorer, ScoringConfig
+    from evaluation.scorer import Scorer
+    from evaluation.scoring import ScoringConfig
     from vipo.train.recipes import get_recipe
 
     if cfg.validation.every_n_steps is None or not getattr(get_recipe(cfg.recipe), "uses_validation_gate", False):

@@ -34,7 +34,8 @@ from evaluation.methods import (
 from vipo.stats import paired_delta
 from evaluation.runs import TAG
 from evaluation.metrics import frame_ssim_win65
-from evaluation.scoring import Scorer, ScoringConfig
+from evaluation.scorer import Scorer
+from evaluation.scoring import ScoringConfig
 from evaluation.stage import EvaluateStage
 from vipo.config import ConfigError, load_config
 from vipo.data import SAMPLE_DATA_ROOT

@@ -441,7 +441,7 @@ def test_config_selects_variant_by_kind():
         ({"beta": 500}, "loss"),
         ({"kind": "region_reg_dpo", "alpha": [1, -1, 0]}, "loss.alpha.1"),
         ({"kind": "region_reg_dpo", "alpha": [1, 1.5, 0]},
-         r"loss: Value error, alpha \[1.0, 1.5, 0.0\]: alpha_c = 0 leaves the context out"),
+         r"loss: alpha \[1.0, 1.5, 0.0\]: alpha_c = 0 leaves the context out"),
         ({"kind": "region_reg_dpo", "rho": [1, 2]}, "loss.rho"),
         ({"kind": "region_reg_dpo", "beta": 0}, "loss.beta"),
         ({"kind": "region_reg_dpo", "timestep_weighting": "elbo"}, "loss.timestep_weighting"),

@@ -8,7 +8,8 @@ import pytest
 import torch
 from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 
-from evaluation.scoring import Scorer, ScoringConfig
+from evaluation.scorer import Scorer
+from evaluation.scoring import ScoringConfig
 from vipo.models.brushnet import BrushNetModel
 from vipo.models.diffueraser_weights import load_diffueraser_components
 from vipo.models.tiny import write_tiny_weights

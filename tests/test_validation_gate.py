@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from evaluation.scoring import Scorer, ScoringConfig
+from evaluation.scorer import Scorer
+from evaluation.scoring import ScoringConfig
 from vipo.train.validation import REFERENCE_FILE, ValidationGate, delta_key
 
 FRAMES, SIZE = 3, 16

@@ -12,7 +12,8 @@ from manifests import load_manifest
 from evaluation.hallucination import HallucinationScore, PriorDifferenceConfig, PriorDifferenceScorer
 from evaluation.metrics.clip_consistency import clip_temporal_consistency, get_clip_embedder
 from evaluation.metrics.vfid import frechet_distance, get_i3d, i3d_features, vfid
-from evaluation.scoring import Scorer, ScoringConfig, random_networks
+from evaluation.scorer import Scorer
+from evaluation.scoring import ScoringConfig, random_networks
 from vipo.config import ConfigError, validate_config
 from vipo.models.i3d import InceptionI3d, load_i3d
 

@@ -38,7 +38,7 @@ class DiffuEraserMethod(MethodConfig):
     ``diffuEraser/unet_main`` and ``brushnet`` are the stage-2 weights."""
     prior: ProPainterMethod | None = None
     """ProPainter whose output initialises the latents (the group's protocol); None starts from noise. Its options
-    default to ``preset: diffueraser_prior`` (``vipo.pipelines.propainter.DIFFUERASER_PRIOR``), as upstream runs it."""
+    default to ``preset: diffueraser_prior`` (``vipo.pipelines.configs.DIFFUERASER_PRIOR``), as upstream runs it."""
     num_inference_steps: int = Field(default=2, ge=1)
     pcm_steps: int | None = Field(default=2, ge=1)
     """Load the PCM LoRA distilled for this many steps and sample with TCD; None: plain UniPC sampling."""

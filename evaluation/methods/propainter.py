@@ -9,7 +9,7 @@ import torch
 
 from evaluation.methods.base import Inpaint, MethodConfig, register_method
 from vipo.config import ExistingPath
-from vipo.pipelines.propainter import WEIGHT_FILES, ProPainterConfig, ProPainterPipeline
+from vipo.pipelines.configs import WEIGHT_FILES, ProPainterConfig
 
 __all__ = ["ProPainterMethod"]
 
@@ -28,6 +28,8 @@ class ProPainterMethod(MethodConfig):
         return [self.weights / name for name in WEIGHT_FILES.values()]
 
     def load(self, device: str) -> Inpaint:
+        from vipo.pipelines.propainter import ProPainterPipeline  # model code: not needed to validate a config
+
         knobs = {**self.options.model_dump(), "progress": False}
         pipeline = ProPainterPipeline.from_pretrained(self.weights, device=device, **knobs)
 

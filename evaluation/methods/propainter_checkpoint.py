@@ -13,9 +13,8 @@ import torch
 
 from evaluation.methods.base import Inpaint, MethodConfig, register_method
 from vipo.config import ExistingPath
-from vipo.pipelines.propainter import ProPainterConfig, ProPainterPipeline
+from vipo.pipelines.configs import ProPainterConfig
 from vipo.train.checkpointing import CONFIG_FILE, WEIGHTS_DIR, find_checkpoint
-from vipo.train.export import export_checkpoint
 
 __all__ = ["ProPainterCheckpointMethod"]
 
@@ -38,6 +37,9 @@ class ProPainterCheckpointMethod(MethodConfig):
         return [folder / WEIGHTS_DIR, folder / CONFIG_FILE]
 
     def load(self, device: str) -> Inpaint:
+        from vipo.pipelines.propainter import ProPainterPipeline  # model code: not needed to validate a config
+        from vipo.train.export import export_checkpoint
+
         knobs = {**self.options.model_dump(), "progress": False}
         with tempfile.TemporaryDirectory(prefix="vipo-propainter-ckpt-") as tmp:
             exported = export_checkpoint(self.checkpoint_folder(), Path(tmp) / "weights")

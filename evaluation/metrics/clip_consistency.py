@@ -11,14 +11,16 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from evaluation.metrics.inputs import VideoLike, seeded_random_network, to_video_tensor
+
+if TYPE_CHECKING:
+    from transformers import CLIPVisionModelWithProjection
 
 __all__ = ["ClipEmbedder", "clip_temporal_consistency", "get_clip_embedder"]
 
@@ -48,6 +50,10 @@ def get_clip_embedder(weights: str | Path | None = None, allow_random: bool = Fa
     """The CLIP image tower from a local transformers folder (a ``CLIPModel`` or ``CLIPVisionModelWithProjection``
     checkpoint), built once per process. Without one: ``FileNotFoundError`` — or, only with ``allow_random``, a
     small seeded random tower and a warning that its numbers are not TC."""
+    # transformers loads here, with a tower: importing it for the scoring config alone would cost seconds.
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
     if weights is not None:
         folder = Path(weights).expanduser()
         if not (folder / "config.json").is_file():

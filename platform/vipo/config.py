@@ -181,12 +181,15 @@ def _walk(cls: type[BaseModel], loc: tuple) -> tuple[tuple, set[str]]:
 
 def _format_one(source: str, cls: type[BaseModel], error: Mapping[str, Any]) -> str:
     loc, valid = _walk(cls, tuple(error["loc"]))
-    key = ".".join(str(p) for p in loc) or "<root>"
+    key = ".".join(str(p) for p in loc)
+    where = f"{source}: {key}: " if key else f"{source}: "  # a check of the whole config has no key
+    if error["type"] == "value_error":  # a validator's own message, without pydantic's "Value error, " prefix
+        return f"{where}{error['ctx']['error']}"
     if error["type"] != "extra_forbidden":
-        return f"{source}: {key}: {error['msg']}"
+        return f"{where}{error['msg']}"
     close = difflib.get_close_matches(str(loc[-1]), sorted(valid), n=1, cutoff=0.6)
     hint = f"; did you mean {'.'.join(str(p) for p in (*loc[:-1], close[0]))}?" if close else ""
-    return f"{source}: {key}: unknown key{hint}"
+    return f"{where}unknown key{hint}"
 
 
 def _format_error(source: str, cls: type[BaseModel], err: ValidationError) -> str:

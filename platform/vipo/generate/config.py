@@ -14,13 +14,13 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from vipo.config import Config, JobConfig, dump_config
+from vipo.config import Config, JobConfig, dump_config, validate_config
 from vipo.data.images import FrameCodec
 from vipo.data.sampling import ClipSamplingConfig
 from vipo.data.sources import SourceConfig
 from vipo.generate.candidates import QualityBand, QualityGate
 from vipo.generate.kinds import KindConfig
-from vipo.generate.models import MODEL_LOADERS, ModelSpec
+from vipo.generate.models import MODEL_LOADERS, MODEL_OPTIONS, ModelSpec
 from vipo.masks import MovingMaskConfig
 
 __all__ = ["CONTENT_FIELDS", "GenerateConfig", "StageConfig", "WriterConfig"]
@@ -110,6 +110,8 @@ class GenerateConfig(JobConfig):
         unknown = sorted(set(self.models) - set(MODEL_LOADERS))
         if unknown:
             raise ValueError(f"models: unknown model(s) {unknown}; known: {sorted(MODEL_LOADERS)}")
+        for name, spec in self.models.items():  # a typo here would otherwise surface in every actor
+            validate_config(MODEL_OPTIONS[name], spec.options, f"models.{name}.options")
         for kind in self.kinds:
             missing = [m for m in kind.required_models() if m not in self.models]
             if missing:

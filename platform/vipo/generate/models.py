@@ -11,9 +11,10 @@ from typing import Any, Callable
 
 from pydantic import Field, model_validator
 
-from vipo.config import Config, ExistingPath
+from vipo.config import Config, ExistingPath, validate_config
+from vipo.pipelines.configs import DiffuEraserLoadConfig, ProPainterConfig
 
-__all__ = ["MODEL_LOADERS", "ModelLoadError", "ModelSpec", "load_models", "pick_device"]
+__all__ = ["MODEL_LOADERS", "MODEL_OPTIONS", "ModelLoadError", "ModelSpec", "load_models", "pick_device"]
 
 
 class ModelSpec(Config):
@@ -25,7 +26,8 @@ class ModelSpec(Config):
     """Instead of ``weights``, for demos and tests: untrained weights drawn from this seed (tiny models where the
     architecture has a tiny config; ProPainter's is fixed). Every actor draws the same weights. Outputs are noise."""
     options: dict[str, Any] = Field(default_factory=dict)
-    """Keyword arguments of the pipeline's constructor (e.g. ProPainter's ``subvideo_length``)."""
+    """Keyword arguments of the pipeline's constructor (e.g. ProPainter's ``subvideo_length``), checked against
+    the model's :data:`MODEL_OPTIONS` when the generation config is validated."""
 
     @model_validator(mode="after")
     def _one_source(self) -> "ModelSpec":
@@ -56,13 +58,14 @@ def _load_diffueraser(spec: ModelSpec, device: str) -> Any:
     from vipo.models.tiny import write_tiny_weights
     from vipo.pipelines.diffueraser import DiffuEraserPipeline
 
+    options = validate_config(DiffuEraserLoadConfig, spec.options, "models.diffueraser.options").model_dump()
     if spec.weights is not None:
-        pipeline = DiffuEraserPipeline.from_weights(spec.weights, device=device, **spec.options)
+        pipeline = DiffuEraserPipeline.from_weights(spec.weights, device=device, **options)
     else:
         # Tiny random weights go through the same on-disk layout and loader as real ones; the copy is read fully.
         with tempfile.TemporaryDirectory(prefix="vipo-tiny-diffueraser-") as root:
             write_tiny_weights(root, seed=spec.random_init)
-            pipeline = DiffuEraserPipeline.from_weights(root, device=device, **spec.options)
+            pipeline = DiffuEraserPipeline.from_weights(root, device=device, **options)
     pipeline.set_progress_bar_config(disable=True)  # the job shows one clips-done bar
     return pipeline
 
@@ -75,6 +78,12 @@ MODEL_LOADERS: dict[str, ModelLoader] = {
 }
 """Model name → loader. ``propainter``: ``pipe(frames, hole) -> frames``; ``diffueraser``:
 ``pipe(frames, hole, prior=None|frames, seed=int, **options)`` → output with ``.raw_frames``."""
+
+MODEL_OPTIONS: dict[str, type[Config]] = {
+    "propainter": ProPainterConfig,
+    "diffueraser": DiffuEraserLoadConfig,
+}
+"""Model name → the config its ``options`` must validate into (checked with the job config, before any actor)."""
 
 
 def pick_device(num_gpus: float) -> str:

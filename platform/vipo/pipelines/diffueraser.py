@@ -51,7 +51,11 @@ from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from vipo.models.brushnet import BrushNetModel
-from vipo.models.diffueraser_weights import DiffuEraserWeights, load_diffueraser_components, require_path
+from vipo.models.diffueraser_weights import (
+    DiffuEraserWeights,
+    load_diffueraser_components,
+    require_path,
+)
 from vipo.models.unet_brushnet import BrushNetUNet
 
 WINDOW_SIZE = 22

@@ -36,7 +36,7 @@ REFERENCE_FILE = "validation_reference.pt"
 
 
 class ClipScorer(Protocol):
-    """Scores one clip's raw prediction against its ground truth (``evaluation.scoring.Scorer`` is one)."""
+    """Scores one clip's raw prediction against its ground truth (``evaluation.scorer.Scorer`` is one)."""
 
     def setup(self, device: str | torch.device) -> "ClipScorer":
         """Build the networks (LPIPS, flow) on ``device``, once per worker."""
