@@ -13,9 +13,9 @@ Both layouts hold the same clips: ground truth, a hole mask and three negatives 
 
 Every loader takes the same negative kind; PNG and JPEG decode with the same Pillow call, so the PNG ratio
 isolates the storage layout and the other ratios add the codec. A per-frame table first compares the lossless
-candidates measured for the shards (PNG, zstd raw, Pillow's lossless WebP): encode and decode time and size. Timings are warm-cache bests of interleaved repeats (the best
-run is the one least disturbed by other processes), pinned to one core with one thread; ratios are shards /
-baseline clips per second from the same run.
+candidates measured for the shards (PNG, zstd raw, Pillow's lossless WebP): encode and decode time and size.
+Timings are warm-cache bests of interleaved repeats (the best run is the one least disturbed by other processes),
+pinned to one core with one thread; ratios are shards / baseline clips per second from the same run.
 """
 
 from __future__ import annotations

@@ -52,7 +52,8 @@ def main() -> None:
         "vipo default (upstream shape, vectorised)": lambda seed: random_moving_masks(*shape, seed),
         "vipo fill_box (vectorised)": lambda seed: random_moving_masks(*shape, seed, fill_box),
         "upstream reference, one shared figure": lambda seed: upstream_moving_masks(*shape, seed, shared),
-        "upstream reference, a figure per clip": lambda seed: upstream_moving_masks(*shape, seed, UpstreamShapeRenderer()),
+        "upstream reference, a figure per clip": lambda seed: upstream_moving_masks(*shape, seed,
+                                                                                   UpstreamShapeRenderer()),
     }
     best, outputs = _time_interleaved(generators, range(args.seeds), args.repeats)
     shared_name, upstream_name = list(generators)[2:]

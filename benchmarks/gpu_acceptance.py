@@ -304,7 +304,8 @@ def step_metrics(table: Table, sizes: Sizes, device: torch.device) -> None:
             masked_psnr(pred, target, hole)
             masked_ssim(pred, target, hole)
             masked_lpips(pred, target, hole, net)
-    table.add("5 metrics", f"psnr+ssim+lpips {sizes.metrics_pixels}^2", frames_per_s=sizes.metrics_frames / m["seconds"])
+    table.add("5 metrics", f"psnr+ssim+lpips {sizes.metrics_pixels}^2",
+              frames_per_s=sizes.metrics_frames / m["seconds"])
 
 
 class UtilisationSampler:

@@ -86,7 +86,7 @@ MaskConfig = Annotated[Union[FolderMasks, RandomMasks, AnnotationMasks], Field(d
 
 class BenchmarkConfig(Config):
     """Which clips, which holes, what size. Defaults are the research group's protocol (first 24 frames at
-    432×240, the research group's protocol); frames are resized to exactly ``height×width`` (no crop), as E2FGVI does."""
+    432×240); frames are resized to exactly ``height×width`` (no crop), as E2FGVI does."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
     source: SourceConfig

@@ -188,8 +188,9 @@ show();
 """
 
 _STYLE = """[hidden]{display:none!important}body{font-family:sans-serif;margin:1.5em}
-img{image-rendering:pixelated;margin:4px;border:1px solid #999}.pair{display:flex;gap:1em}.pair figure{margin:0}button{font-size:15px;margin:4px}kbd{border:1px solid #999;
-padding:0 4px;border-radius:3px}#progress{font-weight:bold}"""
+img{image-rendering:pixelated;margin:4px;border:1px solid #999}.pair{display:flex;gap:1em}.pair figure{margin:0}
+button{font-size:15px;margin:4px}kbd{border:1px solid #999;padding:0 4px;border-radius:3px}
+#progress{font-weight:bold}"""
 
 
 def _page(review_id: str, clip_ids: list[str]) -> str:

@@ -74,7 +74,8 @@ def test_blend_windows_cross_fades_overlaps_and_overwrites_the_last_overlapped_f
     expected = torch.cat([torch.zeros(17), torch.arange(1, 5) / 6, torch.ones(18)])
     torch.testing.assert_close(stitched, expected)
     # A one-frame overlap is a plain overwrite.
-    torch.testing.assert_close(blend_windows([0, 3], [first[:4], second[:4]], 7)[:, 0], torch.tensor([0.0] * 3 + [1.0] * 4))
+    torch.testing.assert_close(blend_windows([0, 3], [first[:4], second[:4]], 7)[:, 0],
+                               torch.tensor([0.0] * 3 + [1.0] * 4))
 
 
 def test_composite_truncates_to_uint8_as_upstream():

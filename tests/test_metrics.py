@@ -346,7 +346,8 @@ def _uniform_ssim_reference(pred: np.ndarray, target: np.ndarray, window: int) -
     cumulative sums, independently of skimage."""
     def box_mean(image: np.ndarray) -> np.ndarray:
         padded = np.pad(image.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-        sums = padded[window:, window:] - padded[:-window, window:] - padded[window:, :-window] + padded[:-window, :-window]
+        sums = (padded[window:, window:] - padded[:-window, window:] - padded[window:, :-window]
+                + padded[:-window, :-window])
         return sums / window**2
 
     covariance_norm = window**2 / (window**2 - 1)

@@ -42,7 +42,8 @@ from vipo.data.storage import ShardStore
 PROVENANCE = Provenance("vipo.generate", "0.1.0", "abc123", dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc))
 
 
-def make_clip(clip_index: int, frames: int = 3, size=(16, 24), seed: int = 0, video_id: str = "davis/bear") -> ClipRecord:
+def make_clip(clip_index: int, frames: int = 3, size=(16, 24), seed: int = 0,
+              video_id: str = "davis/bear") -> ClipRecord:
     rng = np.random.default_rng(seed + clip_index)
     gt = rng.integers(0, 256, (frames, *size, 3), dtype=np.uint8)
     hole = np.zeros((frames, *size), bool)

@@ -80,7 +80,7 @@ def test_identity_names_the_machine_and_freezes_the_environment(tmp_path):
     assert tags["vipo.host"] == socket.gethostname()
     assert tags["vipo.accelerator"] == "cpu" and tags["vipo.accelerator_count"] == "0"  # the CI machine has no GPU
     freeze = environment_freeze().splitlines()
-    assert f"mlflow=={mlflow.__version__}" in freeze and f"vipo==0.1.0" in freeze
+    assert f"mlflow=={mlflow.__version__}" in freeze and "vipo==0.1.0" in freeze
 
 
 def test_tracking_uri_precedence(tmp_path, monkeypatch):

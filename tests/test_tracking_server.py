@@ -69,7 +69,8 @@ def _train_in_process(cfg, checkpoint: Path | None = None) -> None:
 def _stage1(output_dir: Path, weights_root: Path, server, experiment: str, *overrides: str):
     return load_train_config(CONFIGS / "stage1_demo.yaml", [
         f"output_dir={output_dir}", f"model.weights_root={weights_root}", "model.tiny_weights_seed=null",
-        "validation.every_n_steps=null", "data.clip.nframes=2", f"data.sources.0.root={SAMPLE_DATA_ROOT}", "export_on_finish=false", "scaling.num_workers=1",
+        "validation.every_n_steps=null", "data.clip.nframes=2", f"data.sources.0.root={SAMPLE_DATA_ROOT}",
+        "export_on_finish=false", "scaling.num_workers=1",
         f"tracking.tracking_uri={server.uri}", f"tracking.experiment={experiment}", *overrides,
     ])
 
@@ -154,7 +155,8 @@ def test_tune_demo_is_a_sweep_round_trial_tree_on_the_server(mlflow_server, weig
     (round_run,) = by_parent[sweep.info.run_id]
     assert round_run.info.run_name == "stage3-demo-sweep-r1" and round_run.data.tags["vipo.tune.round"] == "r1"
     trials = by_parent[round_run.info.run_id]
-    assert sorted(t.info.run_name for t in trials) == ["stage3-demo-sweep-r1-lr_0.0001", "stage3-demo-sweep-r1-lr_0.0003"]
+    assert sorted(t.info.run_name for t in trials) == ["stage3-demo-sweep-r1-lr_0.0001",
+                                                       "stage3-demo-sweep-r1-lr_0.0003"]
     assert len(runs) == 4
     best = [t for t in trials if t.data.tags.get(BEST_TAG) == "true"]
     assert [t.info.run_id for t in best] == [record["trial_run_id"]]

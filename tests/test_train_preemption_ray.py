@@ -35,7 +35,8 @@ def weights_of(checkpoint: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return {f"{module}.{key}": value for module in ("unet_main", "brushnet")
-            for key, value in load_file(checkpoint / "weights" / module / "diffusion_pytorch_model.safetensors").items()}
+            for key, value in load_file(
+                checkpoint / "weights" / module / "diffusion_pytorch_model.safetensors").items()}
 
 
 def assert_same_weights(expected: Path, got: Path) -> None:

@@ -69,7 +69,8 @@ def test_stage2_trains_only_the_motion_modules_with_batch_size_2(weights_root, t
     model = recipe.engine.model
     assert model.unet.is_gradient_checkpointing
     motion = {name for name, _ in model.named_parameters() if name.startswith("unet.") and "motion_modules" in name}
-    assert motion and {id(p) for p in recipe.engine.params} == {id(p) for n, p in model.named_parameters() if n in motion}
+    motion_params = {id(p) for n, p in model.named_parameters() if n in motion}
+    assert motion and {id(p) for p in recipe.engine.params} == motion_params
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     frozen_before = [p.detach().clone() for p in recipe.frozen.vae.parameters()]
     (batch,) = first_batches(recipe, 1)

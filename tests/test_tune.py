@@ -134,7 +134,8 @@ def test_the_default_objective_is_the_validation_delta_and_loss_cannot_rank_beta
 
 def test_zero_context_alpha_is_refused_with_the_reason(tmp_path):
     with pytest.raises(ConfigError, match=r"rounds.1: alpha \[1.0, 2.0, 0.0\]: alpha_c = 0 leaves the context"):
-        _staged(tmp_path, STAGED, ["rounds.1.space={loss.alpha: {kind: grid, values: [[1.0, 2.0, 0.1], [1.0, 2.0, 0.0]]}}"])
+        _staged(tmp_path, STAGED,
+                ["rounds.1.space={loss.alpha: {kind: grid, values: [[1.0, 2.0, 0.1], [1.0, 2.0, 0.0]]}}"])
     with pytest.raises(ConfigError, match=r"sft_control_round 1: the SFT-only control \(alpha = 0\) needs rho > 0"):
         _staged(tmp_path, STAGED, ["sft_control_round=1"])
     # The SFT-only control (alpha all zero) is a config, not an error.

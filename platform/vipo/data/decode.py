@@ -61,7 +61,8 @@ class DPORowDecoder:
         return ["clip_id", "height", "width", "frames", "masks", "negatives"]
 
     def choose_negative(self, negatives: Sequence[dict], rng: np.random.Generator) -> int | None:
-        """Index into ``negatives`` (dicts with ``kind``, ``selected``, ``composited``) under the policy, or None if none fits.
+        """Index into ``negatives`` (dicts with ``kind``, ``selected``, ``composited``) under the policy, or None
+        if none fits.
 
         The kind is drawn first (uniformly or by weight among the kinds the clip has, so several seeds of one kind
         do not outweigh the others), then one negative of that kind uniformly.

@@ -29,7 +29,8 @@ created_at         timestamp[us, UTC]                           and when the row
 
 Images are stored encoded (PNG, zstd-compressed raw or quality-95 JPEG frames, PNG masks): a 22×512×512 clip of
 real video is ~9 MB as PNG and ~2 MB as JPEG instead of 17 MB raw; zstd is lossless like PNG, larger, and decodes
-much faster (``benchmarks/bench_data.py``). Parquet does not compress them again. Row groups are small (4 rows by default) so readers stream rows without holding a whole shard.
+much faster (``benchmarks/bench_data.py``). Parquet does not compress them again. Row groups are small (4 rows by
+default) so readers stream rows without holding a whole shard.
 
 Writing: :func:`encode_clip` makes a row from a :class:`ClipRecord`; :class:`ShardWriter` writes rows to one shard
 and :meth:`Manifest.add_shard` / :meth:`Manifest.mark_skipped` + :meth:`Manifest.save` record them. From Ray Data,

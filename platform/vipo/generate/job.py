@@ -280,7 +280,8 @@ def _sheet_rows(manifest: Manifest, count: int) -> list[dict]:
             break
         with store.open_input(name) as handle:
             for batch in pq.ParquetFile(handle).iter_batches(batch_size=count):
-                rows += [row for row in batch.to_pylist() if manifest.clips.get(row["clip_id"], {}).get("shard") == name]
+                rows += [row for row in batch.to_pylist()
+                         if manifest.clips.get(row["clip_id"], {}).get("shard") == name]
                 if len(rows) >= count:
                     break
     return rows[:count]
@@ -296,7 +297,8 @@ def _write_report(config: GenerateConfig, manifest: Manifest, summary: dict, run
     sheet_rows = _sheet_rows(manifest, config.contact_sheet_clips)
     sheet = contact_sheet(sheet_rows) if sheet_rows else None
     if sheet is not None:
-        atomic_write_bytes(cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))[1].tobytes(), folder / CONTACT_SHEET)
+        png = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))[1].tobytes()
+        atomic_write_bytes(png, folder / CONTACT_SHEET)
     too_close = [kind for kind, gate in summary["quality_gate"]["kinds"].items() if gate["too_close_to_gt"]]
     for kind in too_close:
         logger.warning("negatives of kind %r are too close to the ground truth: mean hole PSNR %.1f dB > %.1f",

@@ -23,7 +23,8 @@ from vipo.losses.log_ratio_dpo import log_ratio_dpo_loss
 from vipo.losses.region_dpo import region_reg_dpo_loss
 from vipo.losses.weighting import min_snr_weight
 
-__all__ = ["DPOLossConfig", "check_context_alpha", "LogRatioDPOLossConfig", "RegionRegDPOLossConfig", "compute_dpo_loss"]
+__all__ = ["DPOLossConfig", "check_context_alpha", "LogRatioDPOLossConfig", "RegionRegDPOLossConfig",
+           "compute_dpo_loss"]
 
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]

@@ -213,8 +213,9 @@ def balanced_edge_bce(probabilities: Tensor, edges: Tensor) -> Tensor:
     return (weight * bce).mean()
 
 
-def flow_completion_loss(config: FlowCompletionLossConfig, predicted: tuple[Tensor, Tensor], truth: tuple[Tensor, Tensor],
-                         holes: Tensor, frames: Tensor, predicted_edges: tuple[Tensor, Tensor] | None = None,
+def flow_completion_loss(config: FlowCompletionLossConfig, predicted: tuple[Tensor, Tensor],
+                         truth: tuple[Tensor, Tensor], holes: Tensor, frames: Tensor,
+                         predicted_edges: tuple[Tensor, Tensor] | None = None,
                          true_edges: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """The flow-completion loss over both directions.
 

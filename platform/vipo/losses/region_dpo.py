@@ -1,8 +1,8 @@
 """Region-Reg-DPO: Diffusion-DPO with per-region preference weights α_r and per-region SFT anchors ρ_r.
 
-The maths is Diffusion-DPO's (Wallace et al. 2023, eq. 14) with region weights; β′ is the diffusers-convention β (T and ω folded in, never
-multiplied by T = 1000), so with one all-ones region, α = 1 and ρ = 0 this is the diffusers Diffusion-DPO loss with
-``beta_dpo = β′`` (= the official code's loss with ``beta_dpo = 2β′``).
+The maths is Diffusion-DPO's (Wallace et al. 2023, eq. 14) with region weights; β′ is the diffusers-convention β
+(T and ω folded in, never multiplied by T = 1000), so with one all-ones region, α = 1 and ρ = 0 this is the
+diffusers Diffusion-DPO loss with ``beta_dpo = β′`` (= the official code's loss with ``beta_dpo = 2β′``).
 """
 
 from __future__ import annotations

@@ -107,7 +107,8 @@ def norms_in_fp32(vae: nn.Module) -> int:
     result cast back to the input's dtype: low-precision statistics are what blows up first. Returns the count."""
     count = 0
     for module in vae.modules():
-        if isinstance(module, (WanRMS_norm, nn.GroupNorm, nn.LayerNorm)) and "_vipo_plain_forward" not in module.__dict__:
+        if (isinstance(module, (WanRMS_norm, nn.GroupNorm, nn.LayerNorm))
+                and "_vipo_plain_forward" not in module.__dict__):
             plain = module.forward
 
             def forward(x: torch.Tensor, _plain=plain) -> torch.Tensor:
@@ -154,7 +155,8 @@ def _original_key(key: str, up_offsets: list[int]) -> str:
     raise KeyError(f"no original Wan2.1 name for {key!r}")
 
 
-def to_original_state_dict(vae: AutoencoderKLWan, state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+def to_original_state_dict(vae: AutoencoderKLWan,
+                           state: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """``state`` (default: the VAE's) renamed to the original ``Wan2.1_VAE.pth`` keys. Checked by running diffusers'
     own conversion on the result: it must give back exactly the diffusers names (raises otherwise)."""
     from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers

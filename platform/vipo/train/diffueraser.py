@@ -186,7 +186,8 @@ class ValidationClips:
         self.settings = settings
         videos = list({video.video_id: video for video in dataset.index}.values())
         if settings.videos:
-            chosen = [v for v in videos if v.video_id in settings.videos or v.video_id.split("/")[-1] in settings.videos]
+            chosen = [v for v in videos
+                      if v.video_id in settings.videos or v.video_id.split("/")[-1] in settings.videos]
             if len(chosen) != len(settings.videos):
                 raise ValueError(f"validation.videos {settings.videos}: not all among the training videos "
                                  f"{[v.video_id for v in videos]}")

@@ -304,10 +304,12 @@ class DeepSpeedEngine:
     def load_state(self, directory: Path) -> None:
         path = Path(directory) / "deepspeed"
         if not (path / self._TAG).is_dir():
-            raise FileNotFoundError(f"{path / self._TAG}: missing DeepSpeed state (was this checkpoint written by DDP?)")
+            raise FileNotFoundError(f"{path / self._TAG}: missing DeepSpeed state "
+                                    "(was this checkpoint written by DDP?)")
         self.module.load_checkpoint(str(path), tag=self._TAG, load_module_strict=False)
 
 
-def build_engine(model: nn.Module, cfg: TrainConfig, ctx: WorkerContext, param_groups: list[dict] | None = None) -> Engine:
+def build_engine(model: nn.Module, cfg: TrainConfig, ctx: WorkerContext,
+                 param_groups: list[dict] | None = None) -> Engine:
     engine = DeepSpeedEngine if cfg.deepspeed.enabled else TorchEngine
     return engine(model, cfg, ctx, param_groups)

@@ -83,7 +83,8 @@ def resize_batch(batch: dict[str, torch.Tensor], size: tuple[int, int]) -> dict[
     return out
 
 
-def batch_flows(batch: dict[str, torch.Tensor], raft: torch.nn.Module, num_local: int) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_flows(batch: dict[str, torch.Tensor], raft: torch.nn.Module,
+                num_local: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward/backward flows (B,L-1,2,H,W) between the local frames: the precomputed ones when the batch has them,
     else RAFT (fp32, autocast off) on the ground-truth local frames."""
     if "flows_forward" in batch:

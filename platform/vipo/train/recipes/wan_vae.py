@@ -184,7 +184,8 @@ class WanVaeRecipe:
 
     def weights(self, step: int) -> dict[str, float]:
         loss = self.cfg.loss
-        return {"l1": loss.l1, "edge": loss.edge, "lpips": linear_ramp(step, loss.lpips_start, loss.lpips_end, loss.lpips),
+        return {"l1": loss.l1, "edge": loss.edge,
+                "lpips": linear_ramp(step, loss.lpips_start, loss.lpips_end, loss.lpips),
                 "kl": linear_ramp(step, loss.kl_start, loss.kl_end, loss.kl), "prox": loss.prox}
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
