@@ -184,7 +184,7 @@ def _format_one(source: str, cls: type[BaseModel], error: Mapping[str, Any]) -> 
     key = ".".join(str(p) for p in loc)
     where = f"{source}: {key}: " if key else f"{source}: "  # a check of the whole config has no key
     if error["type"] == "value_error":  # a validator's own message, without pydantic's "Value error, " prefix
-        return f"{where}{error['ctx']['error']}"
+        return f"{where}{error.get('ctx', {}).get('error', error['msg'])}"
     if error["type"] != "extra_forbidden":
         return f"{where}{error['msg']}"
     close = difflib.get_close_matches(str(loc[-1]), sorted(valid), n=1, cutoff=0.6)
